@@ -1,0 +1,187 @@
+"""Our operations: pyinfra semantics (read state, compare, yield commands or noop), batched state.
+
+Every component declares what it manages (`declare`) before its operations run;
+all operations of a host then read one `HostState` snapshot, so a converged
+host costs one remote command instead of one per file. Secret files never show
+a diff, and their content never travels in a command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass, field
+from io import BytesIO
+
+from pyinfra import host, logger, state
+from pyinfra.api import FileUploadCommand, operation
+from pyinfra.facts.files import FileContents
+from pyinfra.operations.util.files import generate_color_diff
+
+from deploys.state import HostState, Snapshot
+
+
+@dataclass
+class Manifest:
+    """What the site manages on one host: the arguments of its HostState fact."""
+
+    paths: set[str] = field(default_factory=set)
+    units: set[str] = field(default_factory=set)
+    users: set[str] = field(default_factory=set)
+    commands: set[str] = field(default_factory=set)
+
+
+_manifests: dict[str, Manifest] = {}
+
+
+def manifest() -> Manifest:
+    return _manifests.setdefault(host.name, Manifest())
+
+
+def declare(paths=(), units=(), users=(), commands=()) -> None:
+    """Register resources before any operation reads the snapshot (call from each @deploy first)."""
+    m = manifest()
+    m.paths.update(paths)
+    m.units.update(units)
+    m.users.update(users)
+    m.commands.update(commands)
+
+
+def snapshot() -> Snapshot:
+    m = manifest()
+    return host.get_fact(
+        HostState, paths=tuple(sorted(m.paths)), units=tuple(sorted(m.units)), users=tuple(sorted(m.users)),
+        commands=tuple(sorted(m.commands)),
+    )
+
+
+def _show_diff(path: str, new: bytes, existed: bool) -> None:
+    if not state.config.DIFF:
+        return
+    host.log(f"Will {'modify' if existed else 'create'} {path}", logger.info)
+    try:
+        desired = new.decode().splitlines(keepends=True)
+    except UnicodeDecodeError:
+        logger.info("  (binary content)")
+        return
+    current = []
+    if existed:
+        current = [line + "\n" for line in (host.get_fact(FileContents, path=path) or [])]
+    for line in generate_color_diff(current, desired):
+        logger.info("  %s", line)
+
+
+@operation()
+def file(path: str, content: str | bytes, mode: str = "644", user: str = "root", group: str = "root",
+         secret: bool = False):
+    """A file with exactly this content, mode and owner. `secret`: never diffed, uploaded 0600 first."""
+    data = content.encode() if isinstance(content, str) else content
+    mode = mode.lstrip("0") or "0"
+    current = snapshot().path(path)
+    if current.kind not in ("file", "absent"):
+        raise ValueError(f"{path} exists and is a {current.kind}, not a file")
+    same_content = current.kind == "file" and current.sha256 == hashlib.sha256(data).hexdigest()
+    if not same_content:
+        if secret:
+            host.log(f"Will {'update' if current.kind == 'file' else 'create'} secret {path} "
+                     "(content not shown)", logger.info) if state.config.DIFF else None
+        else:
+            _show_diff(path, data, current.kind == "file")
+        temp = host.get_temp_filename(path)
+        # Create the temp file 0600 before the upload writes into it, so a secret is never readable.
+        yield f"install -m 600 /dev/null {shlex.quote(temp)}"
+        yield FileUploadCommand(BytesIO(data), path, remote_temp_filename=temp)
+    if not same_content or (current.mode, current.user, current.group) != (mode, user, group):
+        q = shlex.quote(path)
+        yield f"chown {shlex.quote(user)}:{shlex.quote(group)} {q} && chmod {mode} {q}"
+    elif same_content:
+        host.noop(f"{path} is up to date")
+
+
+@operation()
+def directory(path: str, mode: str = "755", user: str = "root", group: str = "root"):
+    mode = mode.lstrip("0") or "0"
+    current = snapshot().path(path)
+    q = shlex.quote(path)
+    if current.kind == "absent":
+        yield f"install -d -m {mode} -o {shlex.quote(user)} -g {shlex.quote(group)} {q}"
+    elif current.kind != "dir":
+        raise ValueError(f"{path} exists and is a {current.kind}, not a directory")
+    elif (current.mode, current.user, current.group) != (mode, user, group):
+        yield f"chown {shlex.quote(user)}:{shlex.quote(group)} {q} && chmod {mode} {q}"
+    else:
+        host.noop(f"directory {path} is up to date")
+
+
+@operation()
+def link(path: str, target: str):
+    """A symlink; switching it is atomic (rename over the old link)."""
+    current = snapshot().path(path)
+    if current.kind == "link" and current.target == target:
+        host.noop(f"{path} -> {target}")
+        return
+    if current.kind not in ("link", "absent"):
+        raise ValueError(f"{path} exists and is a {current.kind}, not a symlink")
+    temp = f"{path}.new"
+    yield f"ln -sfn {shlex.quote(target)} {shlex.quote(temp)} && mv -T {shlex.quote(temp)} {shlex.quote(path)}"
+
+
+@operation()
+def absent(path: str):
+    current = snapshot().path(path)
+    if current.kind == "absent":
+        host.noop(f"{path} is absent")
+        return
+    yield f"rm -rf {shlex.quote(path)}"
+
+
+@operation()
+def system_user(name: str, home: str, groups: tuple[str, ...] = (), shell: str = "/usr/sbin/nologin"):
+    """A system user with its own group and these supplementary groups (those that exist on the host)."""
+    snap = snapshot()
+    wanted = sorted(g for g in groups if g in snap.groups)
+    current = snap.users.get(name)
+    q = shlex.quote(name)
+    if current is None:
+        extra = f" -G {','.join(wanted)}" if wanted else ""
+        yield f"useradd --system --user-group --home-dir {shlex.quote(home)} --shell {shell}{extra} {q}"
+        return
+    missing = [g for g in wanted if g not in current.groups]
+    if missing:
+        yield f"usermod -a -G {','.join(missing)} {q}"
+    else:
+        host.noop(f"user {name} is up to date")
+
+
+@operation()
+def unit(name: str, enabled: bool = True, running: bool = True, restart: bool = False,
+         daemon_reload: bool = False):
+    """A systemd unit's state.
+
+    `restart` and `daemon_reload` are decided when the deploy is built, from the
+    `will_change` of the operations that wrote the unit's files (see `changed`),
+    so a dry run reports exactly the restarts an apply would do.
+    """
+    current = snapshot().units.get(name)
+    q = shlex.quote(name)
+    if daemon_reload:
+        yield "systemctl daemon-reload"
+    is_enabled = current is not None and current.enabled in ("enabled", "static", "generated")
+    is_running = current is not None and current.active in ("active", "activating", "reloading")
+    if enabled and not is_enabled:
+        yield f"systemctl enable {q}"
+    if not enabled and is_enabled and current and current.enabled != "static":
+        yield f"systemctl disable {q}"
+    if running and (not is_running):
+        yield f"systemctl start {q}"
+    elif running and restart:
+        yield f"systemctl restart {q}"
+    elif not running and is_running:
+        yield f"systemctl stop {q}"
+    if not (daemon_reload or (enabled != is_enabled) or (running != is_running) or (running and restart)):
+        host.noop(f"unit {name} is {current.active if current else 'unknown'}")
+
+
+def changed(*metas) -> bool:
+    """Whether any of these operations will change the host (known before execution)."""
+    return any(meta.will_change for meta in metas)

@@ -1,0 +1,135 @@
+"""One remote command per host for the state every managed resource needs.
+
+Stock pyinfra runs one command per file check (and one sha1sum per file), each
+paying an SSH round trip. The site registers every path, unit and user it
+manages before any operation runs; the first operation asks for `HostState`
+with that whole set, and every later one gets pyinfra's cached answer.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from pyinfra.api import FactBase
+
+# Field separator that cannot appear in paths we manage.
+SEP = "\x1f"
+
+
+@dataclass(frozen=True)
+class PathState:
+    kind: str  # "file", "dir", "link" or "absent"
+    mode: str = ""  # octal, e.g. "644"
+    user: str = ""
+    group: str = ""
+    sha256: str = ""  # files only
+    target: str = ""  # links only
+
+
+@dataclass(frozen=True)
+class UnitState:
+    load: str  # loaded / not-found
+    active: str  # active / inactive / failed ...
+    enabled: str  # enabled / disabled / static / "" when unknown
+
+
+@dataclass(frozen=True)
+class UserState:
+    uid: int
+    gid: int
+    groups: frozenset[str]
+    home: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    paths: dict[str, PathState] = field(default_factory=dict)
+    units: dict[str, UnitState] = field(default_factory=dict)
+    users: dict[str, UserState] = field(default_factory=dict)
+    groups: frozenset[str] = frozenset()
+    commands: frozenset[str] = frozenset()
+
+    def path(self, path: str) -> PathState:
+        return self.paths.get(path, PathState("absent"))
+
+
+def state_command(paths: tuple[str, ...], units: tuple[str, ...], users: tuple[str, ...],
+                  commands: tuple[str, ...] = ()) -> str:
+    """A POSIX sh script printing one tagged line per path, unit, user and command."""
+    s = SEP
+    parts = ["export LC_ALL=C"]
+    if paths:
+        parts.append(
+            f"for p in {' '.join(shlex.quote(p) for p in paths)}; do "
+            f"if [ -L \"$p\" ]; then printf 'P{s}%s{s}link{s}{s}{s}{s}{s}%s\\n' \"$p\" \"$(readlink \"$p\")\"; "
+            f"elif [ -f \"$p\" ]; then printf 'P{s}%s{s}file{s}%s{s}%s\\n' \"$p\" "
+            f"\"$(stat -c '%a{s}%U{s}%G' \"$p\")\" \"$(sha256sum < \"$p\" | cut -d' ' -f1){s}\"; "
+            f"elif [ -d \"$p\" ]; then printf 'P{s}%s{s}dir{s}%s{s}{s}\\n' \"$p\" \"$(stat -c '%a{s}%U{s}%G' \"$p\")\"; "
+            f"fi; done"
+        )
+    if units:
+        quoted = " ".join(shlex.quote(u) for u in units)
+        parts.append(
+            f"systemctl show --no-pager -p Id,LoadState,ActiveState,UnitFileState {quoted} 2>/dev/null"
+            " | sed 's/^/U=/'"
+        )
+    for user in users:
+        q = shlex.quote(user)
+        parts.append(
+            f"if id {q} >/dev/null 2>&1; then printf 'W{s}%s{s}%s{s}%s{s}%s{s}%s\\n' {q} \"$(id -u {q})\" "
+            f"\"$(id -g {q})\" \"$(id -Gn {q})\" \"$(getent passwd {q} | cut -d: -f6)\"; fi"
+        )
+    parts.append(f"printf 'G{s}%s\\n' \"$(cut -d: -f1 /etc/group | tr '\\n' ' ')\"")
+    for command in commands:
+        q = shlex.quote(command)
+        parts.append(f"command -v {q} >/dev/null 2>&1 && printf 'C{s}%s\\n' {q}")
+    return "; ".join(parts) + "; true"
+
+
+def parse_state(lines: list[str]) -> Snapshot:
+    paths: dict[str, PathState] = {}
+    units: dict[str, UnitState] = {}
+    users: dict[str, UserState] = {}
+    groups: frozenset[str] = frozenset()
+    commands: set[str] = set()
+    unit_block: dict[str, str] = {}
+
+    def flush_unit() -> None:
+        if "Id" in unit_block:
+            units[unit_block["Id"]] = UnitState(
+                unit_block.get("LoadState", ""), unit_block.get("ActiveState", ""),
+                unit_block.get("UnitFileState", ""),
+            )
+        unit_block.clear()
+
+    for line in lines:
+        if line.startswith("U="):
+            key, _, value = line[2:].partition("=")
+            if key == "Id" and unit_block:
+                flush_unit()
+            unit_block[key] = value
+            continue
+        tag, *fields = line.split(SEP)
+        if tag == "P" and len(fields) >= 7:
+            path, kind, mode, user, group, digest, target = fields[:7]
+            paths[path] = PathState(kind, mode, user, group, digest, target)
+        elif tag == "W" and len(fields) == 5:
+            name, uid, gid, group_names, home = fields
+            users[name] = UserState(int(uid), int(gid), frozenset(group_names.split()), home)
+        elif tag == "G" and fields:
+            groups = frozenset(fields[0].split())
+        elif tag == "C" and fields:
+            commands.add(fields[0])
+    flush_unit()
+    return Snapshot(paths, units, users, groups, frozenset(commands))
+
+
+class HostState(FactBase):
+    """Mode, owner and sha256 of paths, unit states and users, in one remote command."""
+
+    def command(self, paths=(), units=(), users=(), commands=()):
+        return state_command(tuple(paths), tuple(units), tuple(users), tuple(commands))
+
+    def process(self, output):
+        return parse_state(list(output))

@@ -1,0 +1,208 @@
+"""Load an inventory YAML file into the typed model, with errors a human can act on.
+
+Every error names file:line:column, the key path, and what to do; no traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from inventory.model import Inventory
+from inventory.rules import CrossFieldError
+
+DEFAULT_INVENTORY = Path("inventory/homelab.yaml")
+INVENTORY_ENV = "LLM_ROUTER_INVENTORY"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    file: Path
+    line: int  # 1-based
+    column: int  # 1-based
+    path: str  # dotted key path, "" for the document
+    message: str
+
+    def __str__(self) -> str:
+        where = f" at {self.path}" if self.path else ""
+        return f"{self.file}:{self.line}:{self.column}: error{where}: {self.message}"
+
+
+class InventoryError(Exception):
+    """The inventory cannot be used. `diagnostics` lists every problem found."""
+
+    def __init__(self, diagnostics: list[Diagnostic]):
+        self.diagnostics = diagnostics
+        super().__init__("\n".join(map(str, diagnostics)))
+
+
+def inventory_path_from_env() -> Path:
+    return Path(os.environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
+
+
+def load_inventory(path: Path | str) -> Inventory:
+    path = Path(path)
+    document = _parse_yaml(path)
+    try:
+        inventory = Inventory.model_validate(_plain(document))
+    except ValidationError as exc:
+        raise InventoryError(_diagnostics(path, document, exc)) from None
+    inventory._source = path.resolve()
+    return inventory
+
+
+# --- YAML -------------------------------------------------------------------------
+
+
+def _parse_yaml(path: Path) -> CommentedMap:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InventoryError([Diagnostic(path, 1, 1, "", "file not found; pass the path of an inventory "
+                                         f"YAML file (or set {INVENTORY_ENV})")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InventoryError([Diagnostic(path, 1, 1, "", f"cannot read the file: {exc}")]) from None
+    yaml = YAML(typ="rt")
+    try:
+        document = yaml.load(text)
+    except DuplicateKeyError as exc:
+        mark = exc.problem_mark
+        raise InventoryError([Diagnostic(path, mark.line + 1, mark.column + 1, "",
+                                         f"{_one_line(exc.problem)}; each key (host names included) may appear "
+                                         "only once in a mapping")]) from None
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        hint = ""
+        if "\t" in text and "'\\t'" in str(exc):
+            hint = "; YAML indentation must use spaces, not tabs"
+        problem = _one_line(exc.problem or exc.context or "invalid YAML")
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise InventoryError([Diagnostic(path, line, column, "", f"YAML syntax error: {problem}{hint}")]) from None
+    except (YAMLError, ValueError, RecursionError) as exc:
+        raise InventoryError([Diagnostic(path, 1, 1, "", f"YAML error: {_one_line(str(exc))}")]) from None
+    if document is None:
+        raise InventoryError([Diagnostic(path, 1, 1, "", "the inventory is empty; start from "
+                                         "inventory/homelab.yaml")])
+    if not isinstance(document, CommentedMap):
+        raise InventoryError([Diagnostic(path, 1, 1, "", "the inventory must be a mapping with `hosts:` at the "
+                                         "top level")])
+    return document
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's round-trip containers -> plain Python values, only for validation."""
+    if isinstance(node, CommentedMap):
+        return {str(k) if not isinstance(k, (str, int, float, bool)) else k: _plain(v) for k, v in node.items()}
+    if isinstance(node, CommentedSeq):
+        return [_plain(v) for v in node]
+    if isinstance(node, str):
+        return str(node)  # drop ruamel scalar-string subclasses
+    return node
+
+
+# --- pydantic errors -> positions -------------------------------------------------
+
+
+def _diagnostics(path: Path, document: CommentedMap, exc: ValidationError) -> list[Diagnostic]:
+    found = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        cross = (error.get("ctx") or {}).get("error")
+        if isinstance(cross, CrossFieldError):
+            for problem in cross.problems:
+                found.append(_at(path, document, (*loc, *problem.loc), problem.message, point_at_key=False))
+            continue
+        found.append(_at(path, document, loc, _message(loc, error), error["type"] == "extra_forbidden"))
+    return found
+
+
+def _message(loc: tuple, error: dict) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        key = loc[-1]
+        model = _model_at(loc[:-1])
+        allowed = sorted(model.model_fields) if model else []
+        if model and "name" in allowed and loc[:1] == ("hosts",) and len(loc) == 3:
+            allowed.remove("name")
+        close = difflib.get_close_matches(str(key), allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        listing = f" Allowed keys here: {', '.join(allowed)}." if allowed else ""
+        return f"unknown key {key!r}{hint}.{listing}"
+    if kind == "missing":
+        return f"missing required key {loc[-1]!r}"
+    message = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    if kind == "string_type" and isinstance(error.get("input"), (int, float, bool)):
+        message = f"{message}: YAML read {error['input']!r} as a {type(error['input']).__name__}; put it in quotes"
+    if kind == "string_pattern_mismatch":
+        message = f"{message} (got {error.get('input')!r})"
+    return message
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class a key path lands on, for listing the allowed keys."""
+    model: Any = Inventory
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(str(part))
+        if field is None:
+            continue  # a dict key (host name) or a union tag: stay on the container's value type
+        model = _inner_model(field.annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _inner_model(annotation: Any) -> Any:
+    from typing import get_args
+
+    stack = [annotation]
+    while stack:
+        current = stack.pop(0)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            return current
+        stack.extend(get_args(current))
+    return None
+
+
+def _walk(document: Any, loc: tuple) -> tuple[Any, list]:
+    """Follow loc through the YAML; returns the deepest node and the (container, key) steps taken."""
+    node, steps = document, []
+    for part in loc:
+        if isinstance(node, CommentedMap) and part in node:
+            steps.append((node, part))
+            node = node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+            steps.append((node, part))
+            node = node[part]
+        # anything else is a pydantic-internal element (union tag, validator name): skip it
+    return node, steps
+
+
+def _at(path: Path, document: CommentedMap, loc: tuple, message: str, point_at_key: bool) -> Diagnostic:
+    node, steps = _walk(document, loc)
+    line, column = 0, 0
+    if steps:
+        container, key = steps[-1]
+        if isinstance(container, CommentedMap):
+            if point_at_key or isinstance(node, (CommentedMap, CommentedSeq)):
+                line, column = container.lc.key(key)
+            else:
+                line, column = container.lc.value(key)
+        else:
+            line, column = container.lc.item(key)
+    dotted = ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in ("url", "upload"))))
+    return Diagnostic(path, line + 1, column + 1, dotted, message)
