@@ -125,8 +125,18 @@ def _diagnostics(path: Path, document: CommentedMap, exc: ValidationError) -> li
             for problem in cross.problems:
                 found.append(_at(path, document, (*loc, *problem.loc), problem.message, point_at_key=False))
             continue
+        if _is_injected_host_name(document, loc):
+            continue  # the key itself was reported; the copy we injected adds nothing
         found.append(_at(path, document, loc, _message(loc, error), error["type"] == "extra_forbidden"))
     return found
+
+
+def _is_injected_host_name(document: CommentedMap, loc: tuple) -> bool:
+    if len(loc) != 3 or loc[0] != "hosts" or loc[2] != "name":
+        return False
+    hosts = document.get("hosts")
+    host = hosts.get(loc[1]) if isinstance(hosts, CommentedMap) else None
+    return not (isinstance(host, CommentedMap) and "name" in host)
 
 
 def _message(loc: tuple, error: dict) -> str:
@@ -146,6 +156,8 @@ def _message(loc: tuple, error: dict) -> str:
     message = error["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
+    if kind in ("list_type", "set_type", "frozen_set_type"):
+        return f"expected a list, e.g. [a, b] (got {error.get('input')!r})"
     if kind == "string_type" and isinstance(error.get("input"), (int, float, bool)):
         message = f"{message}: YAML read {error['input']!r} as a {type(error['input']).__name__}; put it in quotes"
     if kind == "string_pattern_mismatch":

@@ -1,0 +1,305 @@
+"""The inventory contract: the examples load, and every bad inventory gives one clear, located error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from inventory.derive import (
+    alias_table,
+    largest_resident_set,
+    ollama_archives,
+    ollama_environment,
+    resolve_alias,
+    router_interfaces,
+    router_route,
+)
+from inventory.load import InventoryError, load_inventory
+from inventory.model import Inventory
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = [REPO / "inventory" / "homelab.yaml", REPO / "inventory" / "lab.yaml"]
+
+MINIMAL = """\
+models:
+  qwen3.6:27b:
+    vram_gb: 17
+    capabilities: [completion, tools]
+  gemma4:26b:
+    vram_gb: 18
+    capabilities: [completion, tools]
+  tiny:1b:
+    vram_gb: 1
+hosts:
+  p620:
+    roles: [gpu_server, client]
+    ssh:
+      hostname: p620.lan
+    network:
+      lan_interfaces: [enp1s0]
+      tailnet_dns_name: p620.tail1234.ts.net
+    server:
+      gpus:
+        - name: RX 7900 XTX
+          vram_gb: 24
+      ollama:
+        version: 0.13.5
+        artifacts:
+          ollama-linux-amd64.tar.zst: "%(sha)s"
+          ollama-linux-amd64-rocm.tar.zst: "%(sha)s"
+        acceleration: rocm
+        bind: 127.0.0.1
+        max_loaded_models: 1
+        persistent_models: [qwen3.6:27b]
+        on_demand_models: [gemma4:26b, tiny:1b]
+      router:
+        port: 4000
+        aliases:
+          claude-sonnet-4-6: qwen3.6:27b
+          claude-haiku-*: qwen3.6:27b
+          small: tiny:1b
+    client:
+      router: p620
+      users:
+        - name: olaf
+  razer:
+    roles: [client]
+    ssh:
+      hostname: razer.lan
+    client:
+      router: p620
+      users:
+        - name: olaf
+""" % {"sha": "a" * 64}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "inv.yaml"
+    path.write_text(text)
+    return path
+
+
+def position(text: str, needle: str, skip: int = 0) -> tuple[int, int]:
+    """1-based line:column of `needle` (plus `skip` characters) in `text`."""
+    index = (text.rindex(needle[5:]) if needle.startswith("last:") else text.index(needle)) + skip
+    line = text.count("\n", 0, index) + 1
+    column = index - (text.rfind("\n", 0, index) + 1) + 1
+    return line, column
+
+
+def test_minimal_loads(tmp_path):
+    inv = load_inventory(write(tmp_path, MINIMAL))
+    assert isinstance(inv, Inventory)
+    assert [h.name for h in inv.servers] == ["p620"]
+    assert [h.name for h in inv.clients] == ["p620", "razer"]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_load_and_check_exits_zero(path):
+    load_inventory(path)
+    done = subprocess.run([sys.executable, "-m", "inventory", "check", str(path)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "OK" in done.stdout
+
+
+def test_homelab_is_the_reference_setup():
+    inv = load_inventory(EXAMPLES[0])
+    p620, razer = inv.hosts["p620"], inv.hosts["razer"]
+    assert p620.is_server and p620.is_client and not razer.is_server
+    server = p620.server
+    assert server.gpus[0].vram_gb == 24 and server.ollama.acceleration.value == "rocm"
+    assert server.ollama.persistent_models == ["qwen3.6:27b"]
+    assert server.ollama.on_demand_models == ["gemma4:26b"]
+    assert server.ollama.max_loaded_models == 1 and server.ollama.keep_alive == "5m"
+    assert resolve_alias(server, "claude-sonnet-4-6") == "qwen3.6:27b"
+    assert resolve_alias(server, "claude-opus-4-6") == "gemma4:26b"
+    assert resolve_alias(server, "claude-haiku-4-5-20251001") == "qwen3.6:27b"
+    assert resolve_alias(server, "qwen3.6") == "qwen3.6:27b"
+    assert router_route(inv, p620).url == "http://127.0.0.1:4000"
+    assert router_route(inv, razer).url == "https://p620.tail1234.ts.net/router"
+    assert router_interfaces(p620) == ["lo", "tailscale0", "enp1s0"]
+
+
+def test_schema_file_is_current():
+    """The example's yaml-language-server header points at schema.json: keep it generated."""
+    done = subprocess.run([sys.executable, "-m", "inventory", "schema"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0
+    assert json.loads(done.stdout) == json.loads((REPO / "inventory" / "schema.json").read_text()), (
+        "run: python -m inventory schema > inventory/schema.json")
+    assert "yaml-language-server: $schema=./schema.json" in EXAMPLES[0].read_text()
+
+
+def test_diagram_shows_who_reaches_what():
+    done = subprocess.run([sys.executable, "-m", "inventory", "diagram", str(EXAMPLES[0])], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0
+    assert "127.0.0.1:11434" in done.stdout
+    assert "razer" in done.stdout and "https://p620.tail1234.ts.net/router" in done.stdout
+    assert "every other interface: refused" in done.stdout
+
+
+# --- bad inventories: (id, text, needle where the error must point, skip, words in the message) ----
+
+def replace(old: str, new: str, count: int = 1) -> str:
+    assert old in MINIMAL, old
+    return MINIMAL.replace(old, new, count)
+
+
+BAD = [
+    ("yaml-syntax", replace("    roles: [client]", "    roles: [client"), "    ssh:\n      hostname: razer", 7,
+     "YAML syntax error"),
+    ("tab-indent", replace("      hostname: p620.lan", "\thostname: p620.lan"), "\thostname", 0, "tabs"),
+    ("unknown-key", replace("        port: 4000", "        prot: 4000"), "prot: 4000", 0, "did you mean 'port'"),
+    ("unknown-top-key", "hostz: {}\n" + MINIMAL, "hostz", 0, "unknown key 'hostz'"),
+    ("wrong-type-port", replace("        port: 4000", "        port: four"), "four", 0, "valid integer"),
+    ("wrong-type-roles", replace("    roles: [client]", "    roles: client"), "client\n    ssh:\n      hostname: razer",
+     0, "expected a list"),
+    ("unknown-role", replace("    roles: [client]", "    roles: [klient]"), "[klient]", 1, "'gpu_server' or 'client'"),
+    ("duplicate-host", MINIMAL + "  razer:  # again\n    roles: [client]\n", "razer:  # again", 0, "only once"),
+    ("duplicate-key", replace("        port: 4000", "        port: 4000\n        port: 4001"), "port: 4001", 0,
+     "only once"),
+    ("ollama-public-bind", replace("bind: 127.0.0.1", "bind: 0.0.0.0"), "ollama:", 0, "not a loopback"),
+    ("ollama-lan-bind", replace("bind: 127.0.0.1", "bind: 192.168.1.20"), "ollama:", 0, "not a loopback"),
+    ("port-clash", replace("        port: 4000", "        port: 11434"), "port: 11434", 6, "already used"),
+    ("ssh-port-clash", replace("        port: 4000", "        port: 22"), "port: 22", 6, "already used"),
+    ("alias-unknown-model", replace("          small: tiny:1b", "          small: tiny:2b"), "tiny:2b", 0, "does not serve"),
+    ("model-not-in-catalogue", replace("[gemma4:26b, tiny:1b]", "[gemma4:26b, tiny:1b, huge:70b]"), "huge:70b", 0,
+     "catalogue"),
+    ("model-over-vram", replace("    vram_gb: 18\n", "    vram_gb: 30\n"), "vram_gb: 30", 9,
+     "needs 30 GB"),
+    ("resident-set-over-vram", replace("max_loaded_models: 1", "max_loaded_models: 2"), "max_loaded_models: 2",
+     19, "resident together"),
+    ("claude-alias-without-tools", replace("          small: tiny:1b", "          claude-small: tiny:1b"),
+     "claude-small: tiny:1b", 14, "'tools' capability"),
+    ("secret-pasted-inline", replace("        port: 4000", "        master_key: sk-abcdefghijklmnopqrstuvwxyz0123456789"),
+     "sk-abc", 0, "secret VALUE"),
+    ("secret-pasted-client", replace("      router: p620\n      users:\n        - name: olaf\n  razer",
+                                     "      router: p620\n      key: Zm9vYmFyYmF6cXV4cXV1eGZvb2JhcmJhenF1eHF1dXhmb28K\n"
+                                     "      users:\n        - name: olaf\n  razer"), "Zm9v", 0, "secret VALUE"),
+    ("client-no-router", replace("    client:\n      router: p620\n      users:\n        - name: olaf\n",
+                                 "    client:\n      router: p510\n      users:\n        - name: olaf\n"),
+     "router: p510", 8, "no reachable router"),
+    ("client-no-tailnet", replace("      hostname: razer.lan\n", "      hostname: razer.lan\n    network:\n"
+                                  "      tailnet_interface: null\n"), "last:router: p620", 8,
+     "no reachable router"),
+    ("role-without-section", replace("    roles: [client]", "    roles: [client, gpu_server]"), "razer:", 0,
+     "needs a 'server:'"),
+    ("sha-not-hex", replace('"%s"' % ("a" * 64), '"xyz"'), '"xyz"', 0, "should match pattern"),
+    ("rocm-without-addon", replace('          ollama-linux-amd64-rocm.tar.zst: "%s"\n' % ("a" * 64), ""), "ollama:", 0,
+     "ROCm add-on"),
+    ("context-too-small", replace("        bind: 127.0.0.1", "        bind: 127.0.0.1\n        context_length: 8192"),
+     "8192", 0, "greater than or equal to 65536"),
+    ("unquoted-number-as-string", replace("        version: 0.13.5", "        version: 13"), "13\n", 0,
+     "put it in quotes"),
+    ("default-model-unknown", replace("      router: p620\n      users:\n        - name: olaf\n  razer",
+                                      "      router: p620\n      default_model: claude-nope\n      users:\n"
+                                      "        - name: olaf\n  razer"), "claude-nope", 0, "not a name"),
+    ("host-name-invalid", replace("  razer:", "  Razer_1:"), "Razer_1", 0, "pattern"),
+]
+
+
+@pytest.mark.parametrize("case_id,text,needle,skip,words", BAD, ids=[case[0] for case in BAD])
+def test_bad_inventory_gives_one_located_error(tmp_path, case_id, text, needle, skip, words):
+    path = write(tmp_path, text)
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path)
+    diagnostics = caught.value.diagnostics
+    assert len(diagnostics) == 1, [str(d) for d in diagnostics]
+    diagnostic = diagnostics[0]
+    assert words in diagnostic.message, str(diagnostic)
+    assert (diagnostic.line, diagnostic.column) == position(text, needle, skip), str(diagnostic)
+    # The CLI prints the same on stderr as file:line:column and exits non-zero, without a traceback.
+    done = subprocess.run([sys.executable, "-m", "inventory", "check", str(path)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    assert f"{path}:{diagnostic.line}:{diagnostic.column}:" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_empty_file(tmp_path):
+    with pytest.raises(InventoryError, match=r"inv.yaml:1:1: error: the inventory is empty"):
+        load_inventory(write(tmp_path, "# nothing here\n"))
+
+
+def test_not_a_mapping(tmp_path):
+    with pytest.raises(InventoryError, match="must be a mapping"):
+        load_inventory(write(tmp_path, "- a\n- b\n"))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InventoryError, match="file not found"):
+        load_inventory(tmp_path / "nope.yaml")
+
+
+def test_relative_paths_resolve_against_the_inventory(tmp_path):
+    inv = load_inventory(write(tmp_path, MINIMAL))
+    assert inv.secrets_path == tmp_path / "secrets"
+
+
+def test_derived_values(tmp_path):
+    inv = load_inventory(write(tmp_path, MINIMAL))
+    server = inv.hosts["p620"].server
+    env = ollama_environment(server.ollama)
+    assert env["OLLAMA_HOST"] == "127.0.0.1:11434"
+    assert env["OLLAMA_MAX_LOADED_MODELS"] == "1" and env["OLLAMA_CONTEXT_LENGTH"] == "65536"
+    assert [name for name, _ in ollama_archives(server.ollama)] == [
+        "ollama-linux-amd64.tar.zst", "ollama-linux-amd64-rocm.tar.zst"]
+    assert largest_resident_set(inv, server) == (["gemma4:26b"], 18)
+    assert alias_table(server)["tiny:1b"] == "tiny:1b"  # native names served too
+    assert resolve_alias(server, "claude-haiku-4-5-20251001") == "qwen3.6:27b"
+    assert resolve_alias(server, "claude-opus-4-6") is None
+
+
+def test_cpu_server_skips_vram_rules(tmp_path):
+    text = replace("        acceleration: rocm", "        acceleration: cpu").replace("max_loaded_models: 1",
+                                                                                   "max_loaded_models: 3")
+    load_inventory(write(tmp_path, text))
+
+
+# --- hypothesis: any mutation loads or raises InventoryError, never anything else ---------
+
+LINES = MINIMAL.splitlines(keepends=True)
+JUNK = st.sampled_from(["", ":", "- ", "\t", "  ", "{", "]", "null", "0.0.0.0", "-1", "99999", "claude-*",
+                        "&a", "*a", "!!binary x", "'", '"', "#", "~", "yes", "\x00", "é", "\n", "[]", "{}"])
+
+
+@st.composite
+def mutated(draw):
+    lines = list(LINES)
+    for _ in range(draw(st.integers(1, 4))):
+        index = draw(st.integers(0, len(lines) - 1))
+        action = draw(st.sampled_from(["delete", "duplicate", "insert", "truncate", "swap"]))
+        if action == "delete" and len(lines) > 1:
+            del lines[index]
+        elif action == "duplicate":
+            lines.insert(index, lines[index])
+        elif action == "insert":
+            line = lines[index]
+            cut = draw(st.integers(0, len(line)))
+            lines[index] = line[:cut] + draw(JUNK) + line[cut:]
+        elif action == "truncate":
+            lines[index] = lines[index][: draw(st.integers(0, len(lines[index])))] + "\n"
+        else:
+            other = draw(st.integers(0, len(lines) - 1))
+            lines[index], lines[other] = lines[other], lines[index]
+    return "".join(lines)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=mutated())
+def test_mutations_load_or_raise_our_error(tmp_path, text):
+    path = tmp_path / "mutated.yaml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        load_inventory(path)
+    except InventoryError as exc:
+        for diagnostic in exc.diagnostics:
+            assert diagnostic.line >= 1 and diagnostic.column >= 1
+            assert diagnostic.message
