@@ -29,6 +29,7 @@ class Manifest:
     units: set[str] = field(default_factory=set)
     users: set[str] = field(default_factory=set)
     commands: set[str] = field(default_factory=set)
+    probes: dict[str, str] = field(default_factory=dict)
 
 
 _manifests: dict[str, Manifest] = {}
@@ -38,20 +39,25 @@ def manifest() -> Manifest:
     return _manifests.setdefault(host.name, Manifest())
 
 
-def declare(paths=(), units=(), users=(), commands=()) -> None:
-    """Register resources before any operation reads the snapshot (call from each @deploy first)."""
+def declare(paths=(), units=(), users=(), commands=(), probes: dict[str, str] | None = None) -> None:
+    """Register resources before any operation reads the snapshot (call from each @deploy first).
+
+    `probes` are read-only shell commands (name -> command) whose status and output
+    are wanted in the same remote call, e.g. `tailscale serve status --json`.
+    """
     m = manifest()
     m.paths.update(paths)
     m.units.update(units)
     m.users.update(users)
     m.commands.update(commands)
+    m.probes.update(probes or {})
 
 
 def snapshot() -> Snapshot:
     m = manifest()
     return host.get_fact(
         HostState, paths=tuple(sorted(m.paths)), units=tuple(sorted(m.units)), users=tuple(sorted(m.users)),
-        commands=tuple(sorted(m.commands)),
+        commands=tuple(sorted(m.commands)), probes=tuple(sorted(m.probes.items())),
     )
 
 
@@ -99,15 +105,17 @@ def file(path: str, content: str | bytes, mode: str = "644", user: str = "root",
 
 
 @operation()
-def directory(path: str, mode: str = "755", user: str = "root", group: str = "root"):
-    mode = mode.lstrip("0") or "0"
+def directory(path: str, mode: str | None = "755", user: str = "root", group: str = "root"):
+    """A directory. `mode=None`: create it if missing (0755) but leave an existing one as it is."""
     current = snapshot().path(path)
     q = shlex.quote(path)
     if current.kind == "absent":
-        yield f"install -d -m {mode} -o {shlex.quote(user)} -g {shlex.quote(group)} {q}"
+        yield f"install -d -m {(mode or '755').lstrip('0') or '0'} -o {shlex.quote(user)} -g {shlex.quote(group)} {q}"
     elif current.kind != "dir":
         raise ValueError(f"{path} exists and is a {current.kind}, not a directory")
-    elif (current.mode, current.user, current.group) != (mode, user, group):
+    elif mode is None:
+        host.noop(f"directory {path} exists")
+    elif (current.mode, current.user, current.group) != (mode.lstrip("0") or "0", user, group):
         yield f"chown {shlex.quote(user)}:{shlex.quote(group)} {q} && chmod {mode} {q}"
     else:
         host.noop(f"directory {path} is up to date")

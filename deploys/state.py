@@ -8,6 +8,7 @@ with that whole set, and every later one gets pyinfra's cached answer.
 
 from __future__ import annotations
 
+import base64
 import shlex
 from dataclasses import dataclass, field
 
@@ -43,19 +44,28 @@ class UserState:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """Exit status and output of a read-only shell command run inside the same remote call."""
+
+    status: int
+    output: str
+
+
+@dataclass(frozen=True)
 class Snapshot:
     paths: dict[str, PathState] = field(default_factory=dict)
     units: dict[str, UnitState] = field(default_factory=dict)
     users: dict[str, UserState] = field(default_factory=dict)
     groups: frozenset[str] = frozenset()
     commands: frozenset[str] = frozenset()
+    probes: dict[str, Probe] = field(default_factory=dict)
 
     def path(self, path: str) -> PathState:
         return self.paths.get(path, PathState("absent"))
 
 
 def state_command(paths: tuple[str, ...], units: tuple[str, ...], users: tuple[str, ...],
-                  commands: tuple[str, ...] = ()) -> str:
+                  commands: tuple[str, ...] = (), probes: tuple[tuple[str, str], ...] = ()) -> str:
     """A POSIX sh script printing one tagged line per path, unit, user and command."""
     s = SEP
     parts = ["export LC_ALL=C"]
@@ -84,6 +94,12 @@ def state_command(paths: tuple[str, ...], units: tuple[str, ...], users: tuple[s
     for command in commands:
         q = shlex.quote(command)
         parts.append(f"command -v {q} >/dev/null 2>&1 && printf 'C{s}%s\\n' {q}")
+    for name, command in probes:
+        # Output travels base64-encoded so any bytes and newlines survive the line protocol.
+        parts.append(
+            f"out=$( {{ {command} ; }} 2>/dev/null ); rc=$?; "
+            f"printf 'R{s}%s{s}%s{s}%s\\n' {shlex.quote(name)} \"$rc\" \"$(printf '%s' \"$out\" | base64 -w0)\""
+        )
     return "; ".join(parts) + "; true"
 
 
@@ -93,6 +109,7 @@ def parse_state(lines: list[str]) -> Snapshot:
     users: dict[str, UserState] = {}
     groups: frozenset[str] = frozenset()
     commands: set[str] = set()
+    probes: dict[str, Probe] = {}
     unit_block: dict[str, str] = {}
 
     def flush_unit() -> None:
@@ -121,15 +138,18 @@ def parse_state(lines: list[str]) -> Snapshot:
             groups = frozenset(fields[0].split())
         elif tag == "C" and fields:
             commands.add(fields[0])
+        elif tag == "R" and len(fields) == 3:
+            name, status, encoded = fields
+            probes[name] = Probe(int(status), base64.b64decode(encoded).decode(errors="replace"))
     flush_unit()
-    return Snapshot(paths, units, users, groups, frozenset(commands))
+    return Snapshot(paths, units, users, groups, frozenset(commands), probes)
 
 
 class HostState(FactBase):
     """Mode, owner and sha256 of paths, unit states and users, in one remote command."""
 
-    def command(self, paths=(), units=(), users=(), commands=()):
-        return state_command(tuple(paths), tuple(units), tuple(users), tuple(commands))
+    def command(self, paths=(), units=(), users=(), commands=(), probes=()):
+        return state_command(tuple(paths), tuple(units), tuple(users), tuple(commands), tuple(probes))
 
     def process(self, output):
         return parse_state(list(output))

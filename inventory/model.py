@@ -328,11 +328,18 @@ class Server(Strict):
 
 class ClientUser(Strict):
     name: UnixUser = Field(description="Unix user whose Claude Code is configured.")
+    home: Path | None = Field(None, description="Home directory; default /home/<name> (/root for root).")
     anthropic_key: SecretRef | None = Field(
         None,
         description="Secret with the user's Anthropic API key for cloud repositories; "
         "null: Claude Code uses its own login.",
     )
+
+    @property
+    def home_dir(self) -> Path:
+        if self.home is not None:
+            return self.home
+        return Path("/root") if self.name == "root" else Path("/home") / self.name
 
 
 class Client(Strict):
