@@ -15,8 +15,8 @@ from pyinfra import host
 from pyinfra.api import deploy, operation
 
 from deploys import keys, ops
-from deploys.secrets import read_secret
 from deploys.render import TEMPLATES
+from deploys.secrets import read_secret
 from inventory.derive import exact_aliases, router_route
 from inventory.model import ClientUser, Host, Inventory
 

@@ -53,12 +53,24 @@ def declare(paths=(), units=(), users=(), commands=(), probes: dict[str, str] | 
     m.probes.update(probes or {})
 
 
+_snapshots: dict[str, tuple[tuple, Snapshot]] = {}
+
+
 def snapshot() -> Snapshot:
+    """The host's state as the deploy started: read once per host (pyinfra 3 does not cache facts).
+
+    Each resource is owned by exactly one operation, so the state before the
+    deploy is all an operation needs, both when pyinfra checks for changes and
+    when it executes.
+    """
     m = manifest()
-    return host.get_fact(
-        HostState, paths=tuple(sorted(m.paths)), units=tuple(sorted(m.units)), users=tuple(sorted(m.users)),
-        commands=tuple(sorted(m.commands)), probes=tuple(sorted(m.probes.items())),
-    )
+    arguments = {"paths": tuple(sorted(m.paths)), "units": tuple(sorted(m.units)), "users": tuple(sorted(m.users)),
+                 "commands": tuple(sorted(m.commands)), "probes": tuple(sorted(m.probes.items()))}
+    key = tuple(arguments.values())
+    cached = _snapshots.get(host.name)
+    if cached is None or cached[0] != key:
+        _snapshots[host.name] = (key, host.get_fact(HostState, **arguments))
+    return _snapshots[host.name][1]
 
 
 def _show_diff(path: str, new: bytes, existed: bool) -> None:

@@ -194,10 +194,7 @@ def _walk(document: Any, loc: tuple) -> tuple[Any, list]:
     """Follow loc through the YAML; returns the deepest node and the (container, key) steps taken."""
     node, steps = document, []
     for part in loc:
-        if isinstance(node, CommentedMap) and part in node:
-            steps.append((node, part))
-            node = node[part]
-        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+        if isinstance(node, CommentedMap) and part in node or isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
             steps.append((node, part))
             node = node[part]
         # anything else is a pydantic-internal element (union tag, validator name): skip it

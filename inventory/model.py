@@ -19,8 +19,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     IPvAnyAddress,
+    PrivateAttr,
     StringConstraints,
     model_validator,
 )

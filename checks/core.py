@@ -1,0 +1,304 @@
+"""Acceptance checks as pure functions of observed facts.
+
+`observe.py` gathers the facts over SSH; everything here is pure, so each check
+has unit tests for PASS and FAIL built from plain fact values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from deploys.state import PathState, UnitState
+from facts.firewall import admitted_interfaces
+from facts.gpu import GpuInventory
+from facts.network import NetworkInterface
+from facts.ollama import OllamaState
+from facts.sockets import ListeningSocket, listeners_on_port
+from facts.tailscale import TailscaleServe, serve_route_for_path
+from inventory.derive import router_interfaces, served_models
+from inventory.model import Host, Inventory
+
+Status = Literal["PASS", "FAIL", "SKIP"]
+GB = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Result:
+    host: str
+    check: str
+    expected: str
+    observed: str
+    status: Status
+    reason: str = ""  # for FAIL: what is wrong and what to do; for SKIP: why
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ServerFacts:
+    """What observe.py saw on a gpu_server (None: could not be observed)."""
+
+    sockets: tuple[ListeningSocket, ...] | None = None
+    interfaces: tuple[NetworkInterface, ...] | None = None
+    ruleset: dict | None = None
+    serve: TailscaleServe | None = None
+    ollama: OllamaState | None = None
+    gpu: GpuInventory | None = None
+    units: dict[str, UnitState] = field(default_factory=dict)
+    paths: dict[str, PathState] = field(default_factory=dict)
+    security_exposure: float | None = None
+    caddy_answer: int | None = None  # HTTP status through Caddy, when Caddy is chosen
+
+
+@dataclass
+class ClientFacts:
+    url: str = ""
+    with_key: int | None = None  # HTTP status of /v1/messages with the client's own key
+    without_key: int | None = None
+    error: str = ""
+    paths: dict[str, PathState] = field(default_factory=dict)
+
+
+def _result(host: str, check: str, expected: str, observed: str, ok: bool, fail_reason: str) -> Result:
+    return Result(host, check, expected, observed, "PASS" if ok else "FAIL", "" if ok else fail_reason)
+
+
+def _skip(host: str, check: str, expected: str, reason: str) -> Result:
+    return Result(host, check, expected, "-", "SKIP", reason)
+
+
+def _addresses(sockets: tuple[ListeningSocket, ...]) -> str:
+    return ", ".join(f"{s.address}:{s.port}" for s in sockets) or "nothing listening"
+
+
+# --- listening sockets --------------------------------------------------------------
+
+
+def check_ollama_bind(host: Host, facts: ServerFacts) -> Result:
+    server = host.server
+    assert server is not None
+    expected = f"127.0.0.1:{server.ollama.port} only"
+    if facts.sockets is None:
+        return _skip(host.name, "ollama listens on loopback only", expected, "ss did not answer")
+    found = listeners_on_port(facts.sockets, server.ollama.port)
+    ok = bool(found) and all(s.is_loopback for s in found)
+    reason = ("Ollama is not listening: systemctl status ollama" if not found else
+              "Ollama listens beyond loopback: it has no authentication; set OLLAMA_HOST=127.0.0.1 "
+              "(re-apply the deploy)")
+    return _result(host.name, "ollama listens on loopback only", expected, _addresses(found), ok, reason)
+
+
+def check_router_bind(host: Host, facts: ServerFacts) -> Result:
+    server = host.server
+    assert server is not None
+    bind = ipaddress.ip_address(str(server.router.bind))
+    expected = f"{bind}:{server.router.port}"
+    if facts.sockets is None:
+        return _skip(host.name, "router listens", expected, "ss did not answer")
+    found = listeners_on_port(facts.sockets, server.router.port)
+    if bind.is_unspecified:
+        ok = any(s.is_wildcard for s in found)
+    else:
+        ok = any(ipaddress.ip_address(s.address) == bind for s in found if not s.is_wildcard)
+    return _result(host.name, "router listens", expected, _addresses(found), ok,
+                   "the router is not listening where the inventory says: systemctl status llm-router; "
+                   "journalctl -u llm-router")
+
+
+# --- firewall -----------------------------------------------------------------------
+
+
+def _interface_names(facts: ServerFacts, host: Host) -> list[str]:
+    names = {i.name for i in facts.interfaces or ()}
+    names.update(router_interfaces(host))
+    names.add("lo")
+    return sorted(names)
+
+
+def check_firewall_port(host: Host, facts: ServerFacts, port: int, expected_ifaces: list[str], what: str) -> Result:
+    check = f"firewall admits {what} port {port}"
+    expected = ", ".join(sorted(expected_ifaces))
+    if facts.ruleset is None:
+        return _result(host.name, check, expected, "no nftables ruleset", False,
+                       "nft -j list ruleset gave nothing: the firewall is not loaded; re-apply the deploy")
+    names = _interface_names(facts, host)
+    admission = admitted_interfaces(facts.ruleset, port, names)
+    admitted = sorted(admission.accepted)
+    observed = ", ".join(admitted) or "none"
+    if admission.uncertain:
+        unsure = sorted(admission.uncertain)
+        return _result(host.name, check, expected, f"{observed} (uncertain on {', '.join(unsure)})", False,
+                       "rules the evaluator cannot judge: " + admission.decisions[unsure[0]].explain())
+    extra = sorted(set(admitted) - set(expected_ifaces))
+    missing = sorted(set(expected_ifaces) - set(admitted))
+    reason = []
+    if extra:
+        reason.append(f"also open on {', '.join(extra)}: is table inet llm_router loaded? re-apply the deploy")
+    if missing:
+        reason.append(f"closed on {', '.join(missing)}: {admission.decisions[missing[0]].explain()}")
+    return _result(host.name, check, expected, observed, not extra and not missing, "; ".join(reason))
+
+
+def check_firewall(host: Host, facts: ServerFacts) -> list[Result]:
+    server = host.server
+    assert server is not None
+    return [
+        check_firewall_port(host, facts, server.router.port, router_interfaces(host), "router"),
+        check_firewall_port(host, facts, server.ollama.port, ["lo"], "ollama"),
+    ]
+
+
+def check_probe(host: Host, vantage: str, target: str, port: int, expected: str, observed: str) -> Result:
+    return _result(host.name, f"probe {vantage} -> {target}:{port}", expected, observed, observed == expected,
+                   f"from {vantage} the router port is {observed}, expected {expected}")
+
+
+# --- publication --------------------------------------------------------------------
+
+
+def check_publication(host: Host, facts: ServerFacts) -> list[Result]:
+    server = host.server
+    assert server is not None
+    results = []
+    serve = server.exposure.tailscale_serve
+    if serve.enabled:
+        expected = f"https {serve.https_port} {serve.path} -> http://localhost:{server.router.port}"
+        if facts.serve is None or not facts.serve.installed:
+            results.append(_result(host.name, "tailscale serve", expected, "tailscale not installed", False,
+                                   "install and log in to tailscale, then re-apply"))
+        else:
+            route = serve_route_for_path(facts.serve, serve.path, serve.https_port)
+            observed = f"{route.path} -> {route.proxy}" if route else "no route"
+            ok = route is not None and route.proxy in (f"http://localhost:{server.router.port}",
+                                                       f"http://127.0.0.1:{server.router.port}")
+            results.append(_result(host.name, "tailscale serve", expected, observed, ok,
+                                   f"the {serve.path} mapping is missing: systemctl restart "
+                                   "llm-router-tailscale-serve (or re-apply)"))
+    if server.exposure.caddy.enabled:
+        results.append(_result(host.name, "caddy serves the router", "HTTP 401 without a key",
+                               str(facts.caddy_answer), facts.caddy_answer == 401,
+                               "Caddy does not proxy to the router: systemctl status caddy"))
+    return results
+
+
+# --- VRAM ---------------------------------------------------------------------------
+
+
+def check_vram_fit(inv: Inventory, host: Host, facts: ServerFacts) -> Result:
+    server = host.server
+    assert server is not None
+    check = "persistent models fit VRAM"
+    need = max((inv.models[m].vram_gb for m in server.ollama.persistent_models), default=0.0)
+    expected = f"{need:g} GB + {server.vram_headroom_gb:g} GB headroom <= total VRAM"
+    if facts.gpu is None or not facts.gpu.devices:
+        reason = facts.gpu.reason if facts.gpu and facts.gpu.reason else "no GPU visible"
+        return _skip(host.name, check, expected, f"{reason} (no GPU tool or amdgpu sysfs on this host)")
+    total_gb = facts.gpu.total_bytes / GB
+    ok = need + server.vram_headroom_gb <= total_gb
+    return _result(host.name, check, expected, f"{total_gb:.1f} GB total", ok,
+                   "the GPU has less VRAM than the inventory assumes: fix server.gpus or the model catalogue")
+
+
+def check_gpu_offload(host: Host, facts: ServerFacts) -> Result:
+    check = "loaded model fully on GPU"
+    if facts.ollama is None or not facts.ollama.reachable:
+        return _result(host.name, check, "size_vram == size", "Ollama unreachable", False,
+                       "Ollama does not answer on loopback: systemctl status ollama")
+    if not facts.ollama.loaded:
+        return _skip(host.name, check, "size_vram == size", "no model loaded after the warm-up request")
+    partial = [m for m in facts.ollama.loaded if not m.fully_on_gpu]
+    observed = ", ".join(f"{m.name} {m.size_vram}/{m.size}" for m in facts.ollama.loaded)
+    return _result(host.name, check, "size_vram == size", observed, not partial,
+                   "part of the model runs on the CPU: lower context_length or num_parallel, or free VRAM")
+
+
+def check_models_installed(host: Host, facts: ServerFacts) -> Result:
+    server = host.server
+    assert server is not None
+    wanted = served_models(server)
+    check = "models pulled"
+    if facts.ollama is None or not facts.ollama.reachable:
+        return _result(host.name, check, ", ".join(wanted), "Ollama unreachable", False,
+                       "Ollama does not answer on loopback: systemctl status ollama")
+    have = {m.name for m in facts.ollama.installed}
+    missing = [m for m in wanted if m not in have]
+    return _result(host.name, check, ", ".join(wanted), ", ".join(sorted(have)) or "none", not missing,
+                   f"not pulled yet: {', '.join(missing)}; see systemctl status ollama-model-loader")
+
+
+def check_idle(host: Host, facts: ServerFacts, baseline_used: list[int] | None, tolerance_bytes: int) -> list[Result]:
+    results = []
+    if facts.ollama is not None and facts.ollama.reachable:
+        loaded = ", ".join(m.name for m in facts.ollama.loaded) or "none"
+        results.append(_result(host.name, "idle: no model loaded", "none", loaded, not facts.ollama.loaded,
+                               "a model is still loaded after keep_alive: check OLLAMA_KEEP_ALIVE and "
+                               "clients holding it with keep_alive -1"))
+    if baseline_used is None:
+        results.append(_skip(host.name, "idle: VRAM back to baseline", "baseline",
+                             "no baseline recorded: run `python -m checks baseline` first"))
+    elif facts.gpu is None or not facts.gpu.devices:
+        results.append(_skip(host.name, "idle: VRAM back to baseline", "baseline", "no GPU visible"))
+    else:
+        used = [d.used_bytes or 0 for d in facts.gpu.devices]
+        ok = len(used) == len(baseline_used) and all(u <= b + tolerance_bytes for u, b in zip(used, baseline_used))
+        results.append(_result(host.name, "idle: VRAM back to baseline",
+                               " ".join(f"{b / GB:.2f}" for b in baseline_used) + " GB",
+                               " ".join(f"{u / GB:.2f}" for u in used) + " GB", ok,
+                               "VRAM is still in use after keep_alive: `ollama ps`, or another process"))
+    return results
+
+
+# --- services, files ----------------------------------------------------------------
+
+
+def check_units(host: Host, facts_units: dict[str, UnitState], names: list[str]) -> list[Result]:
+    results = []
+    for name in names:
+        unit = facts_units.get(name)
+        observed = f"{unit.active}/{unit.enabled}" if unit else "not found"
+        ok = unit is not None and unit.active == "active" and unit.enabled in ("enabled", "static")
+        results.append(_result(host.name, f"{name} enabled and active", "active/enabled", observed, ok,
+                               f"systemctl status {name}; journalctl -u {name}"))
+    return results
+
+
+def check_file_mode(host: Host, paths: dict[str, PathState], path: str, mode: str, user: str, group: str | None,
+                    what: str) -> Result:
+    state = paths.get(path, PathState("absent"))
+    expected = f"{mode} {user}" + (f":{group}" if group else "")
+    observed = "absent" if state.kind == "absent" else f"{state.mode} {state.user}:{state.group}"
+    ok = state.kind == "file" and state.mode == mode and state.user == user and (group is None or
+                                                                                  state.group == group)
+    return _result(host.name, f"{what} mode and owner", expected, observed, ok,
+                   f"{path} must be {expected}: chmod {mode} {path}; chown {user} {path} (or re-apply)")
+
+
+def check_security(host: Host, exposure: float | None, threshold: float) -> Result:
+    expected = f"<= {threshold:g}"
+    if exposure is None:
+        return _skip(host.name, "router unit exposure (systemd-analyze security)", expected,
+                     "systemd-analyze security gave no score")
+    return _result(host.name, "router unit exposure (systemd-analyze security)", expected, f"{exposure:.1f}",
+                   exposure <= threshold, "the router unit lost hardening: compare it with the deploy's template")
+
+
+# --- clients ------------------------------------------------------------------------
+
+
+def check_client(host: Host, facts: ClientFacts) -> list[Result]:
+    if facts.error:
+        return [_result(host.name, "client request with its key", "HTTP 200", facts.error, False, facts.error)]
+    return [
+        _result(host.name, "client request with its key", f"HTTP 200 from {facts.url}", str(facts.with_key),
+                facts.with_key == 200, "the router refused the client's key or is unreachable: "
+                "claude-router status; re-apply to refresh the key"),
+        _result(host.name, "client request without a key", "HTTP 401", str(facts.without_key),
+                facts.without_key == 401, "the router answers without a key: its auth hook is not active"),
+    ]
+
+
+def summary_exit_code(results: list[Result]) -> int:
+    return 1 if any(r.status == "FAIL" for r in results) else 0

@@ -1,0 +1,194 @@
+"""Tailscale node status and ``tailscale serve`` configuration.
+
+Both commands print ``##section:absent`` themselves when the CLI is not installed
+(rather than relying on ``requires_command``), so the result can say *why* it is
+empty; a stopped daemon's error message is kept the same way (stderr is merged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pyinfra.api import FactBase
+from typing_extensions import override
+
+from facts._util import SECTION_PREFIX, JsonDataclass, parse_json_lines, section_marker, to_int
+
+_ABSENT_MARKER = f"{SECTION_PREFIX}absent"
+
+
+def _tailscale_command(arguments: str) -> str:
+    return (
+        f"if command -v tailscale >/dev/null 2>&1; then tailscale {arguments} 2>&1 || true;"
+        f" else echo {section_marker('absent')}; fi"
+    )
+
+
+def _problem(lines: list[str]) -> str | None:
+    """Why the output is not usable: CLI absent, or the first line the CLI printed."""
+    stripped = [line.strip() for line in lines if line.strip()]
+    if stripped == [_ABSENT_MARKER]:
+        return "tailscale is not installed"
+    if not stripped:
+        return "tailscale printed nothing"
+    return "tailscale printed invalid JSON" if stripped[0].startswith(("{", "[")) else stripped[0]
+
+
+@dataclass(frozen=True)
+class TailscaleNode(JsonDataclass):
+    """``backend_state`` is tailscaled's state (``Running``, ``Stopped``, ``NeedsLogin`` ...);
+    ``dns_name`` is the MagicDNS name without its trailing dot."""
+
+    installed: bool
+    backend_state: str | None
+    dns_name: str | None
+    tailscale_ips: tuple[str, ...]
+    online: bool | None
+    reason: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.backend_state == "Running"
+
+
+def parse_tailscale_status(lines: list[str]) -> TailscaleNode:
+    """Parse ``tailscale status --json`` (see ipnstate.Status)."""
+    data = parse_json_lines(lines)
+    if not isinstance(data, dict):
+        problem = _problem(lines)
+        return TailscaleNode(problem != "tailscale is not installed", None, None, (), None, problem)
+    me = data.get("Self") if isinstance(data.get("Self"), dict) else {}
+    dns_name = me.get("DNSName")
+    ips = data.get("TailscaleIPs") or me.get("TailscaleIPs")
+    online = me.get("Online")
+    backend_state = data.get("BackendState")
+    return TailscaleNode(
+        installed=True,
+        backend_state=backend_state if isinstance(backend_state, str) else None,
+        dns_name=(dns_name.rstrip(".") or None) if isinstance(dns_name, str) else None,
+        tailscale_ips=tuple(ip for ip in ips if isinstance(ip, str)) if isinstance(ips, list) else (),
+        online=online if isinstance(online, bool) else None,
+    )
+
+
+@dataclass(frozen=True)
+class ServeRoute(JsonDataclass):
+    """One ``tailscale serve`` web handler: ``https://host:port/path`` -> ``proxy``.
+
+    ``proxy`` is None for handlers that serve a directory or text instead."""
+
+    port: int
+    https: bool
+    host: str
+    path: str
+    proxy: str | None
+    funnel: bool
+
+
+@dataclass(frozen=True)
+class TailscaleServe(JsonDataclass):
+    installed: bool
+    routes: tuple[ServeRoute, ...]
+    reason: str | None = None
+
+
+def _serve_config_routes(config: dict[str, Any]) -> list[ServeRoute]:
+    """Routes of one ipn.ServeConfig: ``TCP`` says which ports speak HTTPS, ``Web``
+    holds the handlers per ``host:port``, ``AllowFunnel`` the public ones."""
+    tcp = config.get("TCP") if isinstance(config.get("TCP"), dict) else {}
+    web = config.get("Web") if isinstance(config.get("Web"), dict) else {}
+    funnel = config.get("AllowFunnel") if isinstance(config.get("AllowFunnel"), dict) else {}
+    routes = []
+    for host_port, site in web.items():
+        host, _, port_text = str(host_port).rpartition(":")
+        port = to_int(port_text)
+        if port is None or not isinstance(site, dict) or not isinstance(site.get("Handlers"), dict):
+            continue
+        listener = tcp.get(str(port)) if isinstance(tcp.get(str(port)), dict) else {}
+        for path, handler in site["Handlers"].items():
+            proxy = handler.get("Proxy") if isinstance(handler, dict) else None
+            routes.append(
+                ServeRoute(
+                    port=port,
+                    https=bool(listener.get("HTTPS")),
+                    host=host,
+                    path=str(path),
+                    proxy=proxy if isinstance(proxy, str) else None,
+                    funnel=funnel.get(host_port) is True,
+                )
+            )
+    return routes
+
+
+def parse_tailscale_serve(lines: list[str]) -> TailscaleServe:
+    """Parse ``tailscale serve status --json``.
+
+    An empty configuration prints ``{}`` or, on some versions, ``null``. Foreground
+    sessions (``tailscale serve`` without ``--bg``) are nested under ``Foreground``.
+    """
+    data = parse_json_lines(lines)
+    if data is None and [line.strip() for line in lines if line.strip()] == ["null"]:
+        return TailscaleServe(True, ())
+    if not isinstance(data, dict):
+        problem = _problem(lines)
+        return TailscaleServe(problem != "tailscale is not installed", (), problem)
+    routes = _serve_config_routes(data)
+    foreground = data.get("Foreground") if isinstance(data.get("Foreground"), dict) else {}
+    for session in foreground.values():
+        if isinstance(session, dict):
+            routes.extend(_serve_config_routes(session))
+    return TailscaleServe(True, tuple(routes))
+
+
+def serve_route_for_path(serve: TailscaleServe, path: str, port: int = 443) -> ServeRoute | None:
+    """The route serving ``path`` on ``port`` (the router's ``/router`` on 443)."""
+    return next((route for route in serve.routes if route.path == path and route.port == port), None)
+
+
+class TailscaleStatus(FactBase[TailscaleNode]):
+    """
+    Returns this node's tailscale state: backend state, MagicDNS name, tailscale IPs, online.
+
+    .. code:: python
+
+        TailscaleNode(installed=True, backend_state="Running", dns_name="p620.tail1234.ts.net",
+                      tailscale_ips=("100.64.0.1", "fd7a:115c:a1e0::1"), online=True)
+    """
+
+    @override
+    @staticmethod
+    def default() -> TailscaleNode:
+        return TailscaleNode(False, None, None, (), None, "tailscale printed nothing")
+
+    @override
+    def command(self) -> str:
+        return _tailscale_command("status --json")
+
+    @override
+    def process(self, output: list[str]) -> TailscaleNode:
+        return parse_tailscale_status(output)
+
+
+class TailscaleServeStatus(FactBase[TailscaleServe]):
+    """
+    Returns the ``tailscale serve`` routes (port, host, path, proxy target, funnel).
+
+    .. code:: python
+
+        TailscaleServe(installed=True, routes=(ServeRoute(port=443, https=True, host="p620.tail1234.ts.net",
+                       path="/router", proxy="http://127.0.0.1:4000", funnel=False),))
+    """
+
+    @override
+    @staticmethod
+    def default() -> TailscaleServe:
+        return TailscaleServe(False, (), "tailscale printed nothing")
+
+    @override
+    def command(self) -> str:
+        return _tailscale_command("serve status --json")
+
+    @override
+    def process(self, output: list[str]) -> TailscaleServe:
+        return parse_tailscale_serve(output)

@@ -1,0 +1,129 @@
+"""The state of several systemd units in one ``systemctl show`` call."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from pyinfra.api import FactBase, QuoteString, StringCommand
+from typing_extensions import override
+
+from facts._util import JsonDataclass, to_int
+
+UNIT_PROPERTIES = (
+    "Id",
+    "Names",
+    "LoadState",
+    "ActiveState",
+    "SubState",
+    "UnitFileState",
+    "ExecMainStatus",
+    "FragmentPath",
+)
+_ENABLED_STATES = {"enabled", "enabled-runtime", "static", "alias", "indirect", "generated"}
+
+
+@dataclass(frozen=True)
+class UnitState(JsonDataclass):
+    """Empty systemd values become None; ``exec_main_status`` only exists for services."""
+
+    id: str
+    names: tuple[str, ...]
+    load_state: str | None
+    active_state: str | None
+    sub_state: str | None
+    unit_file_state: str | None
+    exec_main_status: int | None
+    fragment_path: str | None
+
+    @property
+    def exists(self) -> bool:
+        return self.load_state not in (None, "not-found")
+
+    @property
+    def is_active(self) -> bool:
+        return self.active_state == "active"
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.unit_file_state in _ENABLED_STATES
+
+
+def parse_unit_blocks(lines: Iterable[str]) -> dict[str, UnitState]:
+    """Parse ``systemctl show -p ... u1 u2``: one ``Key=value`` block per unit, blank-line separated.
+
+    systemctl prints properties in its own order (service properties such as
+    ExecMainStatus come before Id), so a unit is recognised by its block, not by
+    the ``Id=`` line. Blocks without an ``Id`` are dropped. Keyed by ``Id``.
+    """
+    blocks: list[dict[str, str]] = [{}]
+    for line in lines:
+        key, separator, value = line.strip().partition("=")
+        if not line.strip():
+            if blocks[-1]:
+                blocks.append({})
+        elif separator and key in UNIT_PROPERTIES:
+            blocks[-1][key] = value.strip()
+    units = {}
+    for block in blocks:
+        unit_id = block.get("Id")
+        if not unit_id:
+            continue
+        units[unit_id] = UnitState(
+            id=unit_id,
+            names=tuple(block.get("Names", "").split()) or (unit_id,),
+            load_state=block.get("LoadState") or None,
+            active_state=block.get("ActiveState") or None,
+            sub_state=block.get("SubState") or None,
+            unit_file_state=block.get("UnitFileState") or None,
+            exec_main_status=to_int(block.get("ExecMainStatus")),
+            fragment_path=block.get("FragmentPath") or None,
+        )
+    return units
+
+
+def unit_state(states: Mapping[str, UnitState], name: str) -> UnitState | None:
+    """Look a unit up by its id or any of its alias names (``sshd.service`` -> ``ssh.service``)."""
+    if name in states:
+        return states[name]
+    return next((state for state in states.values() if name in state.names), None)
+
+
+class UnitStates(FactBase[dict[str, UnitState]]):
+    """
+    Returns the load/active/sub/unit-file state of the given units, keyed by unit id.
+
+    + units: unit names (``ollama.service``, ``litellm.service`` ...)
+    + user_mode: query the calling user's manager (``systemctl --user``)
+
+    .. code:: python
+
+        {"ollama.service": UnitState(id="ollama.service", load_state="loaded", active_state="active", ...)}
+    """
+
+    @override
+    def requires_command(self, *args, **kwargs) -> str:
+        return "systemctl"
+
+    default = dict
+
+    @override
+    def command(self, units: str | Iterable[str], user_mode: bool = False) -> StringCommand:
+        names = [units] if isinstance(units, str) else list(units)
+        return StringCommand(
+            "systemctl --user" if user_mode else "systemctl",
+            "show",
+            "-p",
+            ",".join(UNIT_PROPERTIES),
+            "--",
+            *(QuoteString(name) for name in names),
+            # Without a running systemd (containers, chroots) systemctl fails; the
+            # fact then reads as "no units" instead of failing the host.
+            "2>&1",
+            "||",
+            "true",
+        )
+
+    @override
+    def process(self, output: list[str]) -> dict[str, UnitState]:
+        return parse_unit_blocks(output)
