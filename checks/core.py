@@ -111,11 +111,19 @@ def check_router_bind(host: Host, facts: ServerFacts) -> Result:
 # --- firewall -----------------------------------------------------------------------
 
 
+# Stands for every interface the host does not have yet (a VPN, a new NIC): it must be refused too.
+OTHER_INTERFACE = "other-if"
+
+
 def _interface_names(facts: ServerFacts, host: Host) -> list[str]:
     names = {i.name for i in facts.interfaces or ()}
     names.update(router_interfaces(host))
-    names.add("lo")
+    names.update(("lo", OTHER_INTERFACE))
     return sorted(names)
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join("any other interface" if n == OTHER_INTERFACE else n for n in names)
 
 
 def check_firewall_port(host: Host, facts: ServerFacts, port: int, expected_ifaces: list[str], what: str) -> Result:
@@ -127,7 +135,7 @@ def check_firewall_port(host: Host, facts: ServerFacts, port: int, expected_ifac
     names = _interface_names(facts, host)
     admission = admitted_interfaces(facts.ruleset, port, names)
     admitted = sorted(admission.accepted)
-    observed = ", ".join(admitted) or "none"
+    observed = _shown(admitted) or "none"
     if admission.uncertain:
         unsure = sorted(admission.uncertain)
         return _result(host.name, check, expected, f"{observed} (uncertain on {', '.join(unsure)})", False,
@@ -136,7 +144,7 @@ def check_firewall_port(host: Host, facts: ServerFacts, port: int, expected_ifac
     missing = sorted(set(expected_ifaces) - set(admitted))
     reason = []
     if extra:
-        reason.append(f"also open on {', '.join(extra)}: is table inet llm_router loaded? re-apply the deploy")
+        reason.append(f"also open on {_shown(extra)}: is table inet llm_router loaded? re-apply the deploy")
     if missing:
         reason.append(f"closed on {', '.join(missing)}: {admission.decisions[missing[0]].explain()}")
     return _result(host.name, check, expected, observed, not extra and not missing, "; ".join(reason))
