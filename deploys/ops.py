@@ -9,16 +9,19 @@ a diff, and their content never travels in a command line.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shlex
 from dataclasses import dataclass, field
 from io import BytesIO
+from pathlib import Path
 
 from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand, operation
 from pyinfra.facts.files import FileContents
 from pyinfra.operations.util.files import generate_color_diff
 
-from deploys.state import HostState, Snapshot
+from deploys.state import HostState, Snapshot, state_command
 
 
 @dataclass
@@ -70,7 +73,19 @@ def snapshot() -> Snapshot:
     cached = _snapshots.get(host.name)
     if cached is None or cached[0] != key:
         _snapshots[host.name] = (key, host.get_fact(HostState, **arguments))
+        _dump_state_command(arguments)
     return _snapshots[host.name][1]
+
+
+def _dump_state_command(arguments: dict) -> None:
+    """For bench: record each host's state command, the floor a no-op is measured against."""
+    target = os.environ.get("LLM_ROUTER_STATE_DUMP")
+    if not target:
+        return
+    path = Path(target)
+    commands = json.loads(path.read_text()) if path.exists() else {}
+    commands[host.name] = state_command(*arguments.values())
+    path.write_text(json.dumps(commands, indent=1))
 
 
 def _show_diff(path: str, new: bytes, existed: bool) -> None:

@@ -1,0 +1,150 @@
+"""The whole site on the lab: exposure (issue 5) and the acceptance checks with sabotage (issue 7)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab import core as lab_core
+
+REPO = Path(__file__).resolve().parent.parent
+LAB_INVENTORY = REPO / "inventory" / "lab.yaml"
+P620_LAN, P620_TAILNET, P620_WAN = "10.213.1.10", "100.86.213.10", "10.213.3.10"
+
+pytestmark = pytest.mark.lab
+
+
+def in_lab(name: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return lab_core.run(name, ["sh", "-c", command], timeout=timeout)
+
+
+def tcp(name: str, address: str, port: int) -> str:
+    """'open' or 'refused' from a lab host or peer (bash's /dev/tcp: nothing to install)."""
+    done = in_lab(name, f"timeout 3 bash -c 'exec 3<>/dev/tcp/{address}/{port}' 2>/dev/null && echo open "
+                        "|| echo refused")
+    return done.stdout.strip()
+
+
+def run_checks(*args: str) -> tuple[int, list[dict]]:
+    out = REPO / ".cache" / "checks" / "last.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([sys.executable, "-m", "checks", *args, "--inventory", str(LAB_INVENTORY),
+                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.exists(), done.stdout + done.stderr
+    return done.returncode, json.loads(out.read_text())
+
+
+# --- exposure -----------------------------------------------------------------------
+
+
+def test_router_reachable_from_lan_and_tailnet_peers(deployed):
+    assert tcp("lan", P620_LAN, 4000) == "open"
+    assert tcp("tailnet", P620_TAILNET, 4000) == "open"
+
+
+@pytest.mark.parametrize("address", [P620_WAN, P620_LAN, P620_TAILNET])
+def test_public_peer_is_refused_even_when_routing_to_lan_and_tailnet_addresses(deployed, address):
+    assert tcp("public", address, 4000) == "refused"
+
+
+@pytest.mark.parametrize("peer,address", [("lan", P620_LAN), ("tailnet", P620_TAILNET), ("public", P620_WAN),
+                                          ("public", P620_LAN)])
+def test_ollama_port_refused_from_every_peer(deployed, peer, address):
+    assert tcp(peer, address, 11434) == "refused"
+
+
+def test_loopback_router_and_ssh_still_work(deployed):
+    assert tcp("p620", "127.0.0.1", 4000) == "open"
+    for host in ("p620", "razer"):
+        done = subprocess.run(lab_core.ssh_command(host, ["true"]), capture_output=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+
+
+def test_razer_reaches_the_router_through_tailscale_serve(deployed):
+    """https://p620.<tailnet>.ts.net/router/v1/messages from razer, with razer's own key."""
+    key_file = "/home/olaf/.config/claude-router/key"
+    body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 16,
+                       "messages": [{"role": "user", "content": "say hi"}]})
+    done = in_lab("razer", f"printf 'x-api-key: %s\\n' \"$(cat {key_file})\" > /tmp/h; "
+                           f"curl -sS -m 60 -H @/tmp/h -H 'content-type: application/json' "
+                           f"-H 'anthropic-version: 2023-06-01' -d '{body}' "
+                           "https://p620.tail-lab.ts.net/router/v1/messages; rm -f /tmp/h", timeout=90)
+    answer = json.loads(done.stdout)
+    assert answer["type"] == "message", done.stdout + done.stderr
+    assert "stand-in" in answer["content"][0]["text"]
+
+
+def test_firewall_table_is_loaded_at_boot_from_nftables_conf(deployed):
+    conf = in_lab("p620", "cat /etc/nftables.conf").stdout
+    assert 'include "/etc/nftables.d/llm-router.nft"' in conf
+    assert in_lab("p620", "systemctl is-enabled nftables.service").stdout.strip() == "enabled"
+    # A reload the way boot does it keeps our table (and nothing else of ours is needed).
+    assert in_lab("p620", "nft -f /etc/nftables.conf && nft list table inet llm_router").returncode == 0
+    assert tcp("public", P620_LAN, 4000) == "refused"
+    assert tcp("lan", P620_LAN, 4000) == "open"
+
+
+def test_second_apply_reports_no_changes(deployed, apply):
+    result = apply()
+    assert result.changed == 0, result.output[-3000:]
+
+
+# --- acceptance checks and sabotage -------------------------------------------------
+
+
+def failing(results: list[dict]) -> set[str]:
+    return {f"{r['host']}: {r['check']}" for r in results if r["status"] == "FAIL"}
+
+
+def test_checks_all_pass_after_deploy(deployed):
+    status, results = run_checks()
+    assert failing(results) == set(), results
+    assert status == 0
+    names = {r["check"] for r in results}
+    assert "ollama listens on loopback only" in names and "tailscale serve" in names
+    assert any(r["check"].startswith("probe public") for r in results)
+
+
+SABOTAGE = [
+    # (id, break it, expected failing checks (regex on "host: check"), repair)
+    ("ollama-rebound",
+     "mkdir -p /etc/systemd/system/ollama.service.d && printf '[Service]\\nEnvironment=OLLAMA_HOST=0.0.0.0:11434\\n'"
+     " > /etc/systemd/system/ollama.service.d/sabotage.conf && systemctl daemon-reload && systemctl restart ollama",
+     [r"p620: ollama listens on loopback only", r"p620: probe .* -> .*:11434"],
+     "rm -rf /etc/systemd/system/ollama.service.d && systemctl daemon-reload && systemctl restart ollama"),
+    ("firewall-table-deleted", "nft delete table inet llm_router",
+     [r"p620: firewall admits", r"p620: probe public"], "nft -f /etc/nftables.d/llm-router.nft"),
+    ("key-file-0644", "chmod 644 /home/olaf/.config/claude-router/key",
+     [r"p620: olaf's router key mode and owner"], "chmod 600 /home/olaf/.config/claude-router/key"),
+    ("serve-reset", "tailscale serve reset", [r"p620: tailscale serve", r"razer: client request with its key"],
+     "systemctl restart llm-router-tailscale-serve"),
+    ("router-stopped", "systemctl stop llm-router",
+     [r"p620: router listens", r"llm-router.service enabled and active", r"client request with its key",
+      r"probe (lan|tailnet) -> .*:4000"],
+     "systemctl start llm-router && for i in $(seq 60); do curl -s -o /dev/null 127.0.0.1:4000/health/liveliness "
+     "&& break; sleep 1; done"),
+]
+
+
+@pytest.mark.parametrize("case_id,sabotage,expected,repair", SABOTAGE, ids=[c[0] for c in SABOTAGE])
+def test_sabotage_fails_exactly_the_matching_check(deployed, case_id, sabotage, expected, repair):
+    broken = in_lab("p620", sabotage, timeout=120)
+    assert broken.returncode == 0, broken.stderr
+    try:
+        status, results = run_checks()
+    finally:
+        fixed = in_lab("p620", repair, timeout=120)
+        assert fixed.returncode == 0, fixed.stderr
+    failed = failing(results)
+    assert status == 1
+    for pattern in expected:
+        assert any(re.search(pattern, f) for f in failed), (pattern, failed)
+    unexpected = {f for f in failed if not any(re.search(p, f) for p in expected)}
+    assert unexpected == set(), unexpected
+    # Each failure tells the user what is wrong.
+    assert all(r["reason"] for r in results if r["status"] == "FAIL")
