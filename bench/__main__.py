@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 import paramiko
+from lab.artifacts import prepare_artifacts
 from ruamel.yaml import YAML
 
 from lab import core as lab_core
-from lab.artifacts import prepare_artifacts
-from lab.config import LAB_KEY_PATH, load_config
+from lab.config import LAB_KEY_PATH
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_INVENTORY = REPO / "inventory" / "lab.yaml"
@@ -130,7 +130,7 @@ def deploy_figures(label: str, env: dict[str, str], inventory: Path, runs: int, 
     counts: dict[str, int] = {}
     for _ in range(runs):
         since = time.time()
-        elapsed, output = apply({**env, STATE_DUMP_ENV: str(BENCH_DIR / "state-commands.json")})
+        elapsed, _ = apply({**env, STATE_DUMP_ENV: str(BENCH_DIR / "state-commands.json")})
         noop.append(elapsed)
         time.sleep(1.1)  # journald timestamps are per second: keep runs apart
         counts = count_remote_commands(env, hosts, since)
@@ -187,7 +187,7 @@ def load(url: str, key_file: str, body: dict, concurrency: int, count: int, limi
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))] if ordered else float("nan")
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 def report(label: str, result: dict) -> float:
