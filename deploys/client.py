@@ -77,7 +77,7 @@ def declare(inv: Inventory, host_model: Host) -> None:
         paths += [p["claude_dir"], p["commands_dir"], p["config_dir"], p["key_dir"], p["key"], p["anthropic_key"]]
         paths += [f"{p['commands_dir']}/{name}" for name in COMMANDS]
     ops.declare(paths=paths, users=[u.name for u in host_model.client.users],
-                probes={f"helper:{u.name}": helper_probe(u) for u in host_model.client.users})
+                probes={f"helper:{u.name}": helper_probe(u) for u in host_model.client.users if u.anthropic_key})
 
 
 @operation()
@@ -120,4 +120,6 @@ def client(inv: Inventory, host_model: Host) -> None:
                                  f"from {inv.secrets_path}")
             ops.file(p["anthropic_key"], anthropic + "\n", mode="600", user=user.name, group=group, secret=True,
                      name=f"{user.name}: Anthropic key")
-        api_key_helper_registered(user, name=f"{user.name}: apiKeyHelper in ~/.claude/settings.json")
+            # Global only with a cloud key to hand out: Claude Code 2.1.x treats an empty helper answer
+            # as a failure, not as "use your own login". Router repos get the helper per repository.
+            api_key_helper_registered(user, name=f"{user.name}: apiKeyHelper in ~/.claude/settings.json")
