@@ -133,13 +133,16 @@ def check_firewall_port(host: Host, facts: ServerFacts, port: int, expected_ifac
         return _result(host.name, check, expected, "no nftables ruleset", False,
                        "nft -j list ruleset gave nothing: the firewall is not loaded; re-apply the deploy")
     names = _interface_names(facts, host)
-    admission = admitted_interfaces(facts.ruleset, port, names)
-    admitted = sorted(admission.accepted)
+    # IPv4 and IPv6 both: an `ip`-family table leaves IPv6 wide open.
+    admissions = [admitted_interfaces(facts.ruleset, port, names, family=family) for family in ("ip", "ip6")]
+    admitted = sorted({name for a in admissions for name in a.accepted})
     observed = _shown(admitted) or "none"
-    if admission.uncertain:
-        unsure = sorted(admission.uncertain)
-        return _result(host.name, check, expected, f"{observed} (uncertain on {', '.join(unsure)})", False,
-                       "rules the evaluator cannot judge: " + admission.decisions[unsure[0]].explain())
+    for admission in admissions:
+        if admission.uncertain:
+            unsure = sorted(admission.uncertain)
+            return _result(host.name, check, expected, f"{observed} (uncertain on {', '.join(unsure)})", False,
+                           "rules the evaluator cannot judge: " + admission.decisions[unsure[0]].explain())
+    admission = next((a for a in admissions if set(a.accepted) != set(admitted)), admissions[0])
     extra = sorted(set(admitted) - set(expected_ifaces))
     missing = sorted(set(expected_ifaces) - set(admitted))
     reason = []

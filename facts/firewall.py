@@ -313,8 +313,9 @@ class Decision:
                 f"uncertain (probably {guess}): accepted via [{accept}] or dropped by [{drop}] "
                 f"depending on rules not evaluated: {'; '.join(self.unevaluated)}"
             )
-        verb = "accepted" if self.accepted else "dropped"
-        return f"{verb} ({self.decided_by})"
+        if self.accepted:  # every base chain let it through: name each step
+            return f"accepted ({' -> '.join(self.guess.trace) or self.guess.decided_by})"
+        return f"dropped ({self.decided_by})"
 
 
 @dataclass(frozen=True)
