@@ -24,7 +24,7 @@ IGNORED_NAMES = {".keep", ".gitkeep", "README.md"}
 
 BeforeBootHook = Callable[[LabHost, Path, Path], object]
 # "module:function" hooks run for every host before it boots, e.g. installing a stand-in.
-BEFORE_BOOT_HOOKS: list[str] = []
+BEFORE_BOOT_HOOKS: list[str] = ["lab.standin_hooks:install_tailscale"]
 _registered_hooks: list[BeforeBootHook] = []
 
 
