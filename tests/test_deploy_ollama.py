@@ -12,21 +12,16 @@ import ipaddress
 import re
 import subprocess
 from pathlib import Path
-from unittest.mock import patch
 
 import pytest
-from pyinfra.api import Config, FileUploadCommand, State, StringCommand
-from pyinfra.api import Inventory as PyinfraInventory
-from pyinfra.api.state import StateStage
-from pyinfra.context import ctx_host, ctx_state
-from pyinfra.facts.server import LinuxDistribution, TmpDir
 
 from deploys import ollama as deploy_ollama
-from deploys import ops
-from deploys.state import HostState, PathState, Probe, Snapshot, UnitState, UserState
+from deploys.state import PathState, Probe, Snapshot, UnitState, UserState
 from inventory.derive import ollama_archives
 from inventory.load import load_inventory
 from inventory.model import Acceleration, ArtifactSourceUpload, Inventory, Ollama
+from tests.deploy_harness import changes
+from tests.deploy_harness import plan as run_plan
 
 LAB_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "lab.yaml"
 BASE = "ollama-linux-amd64.tar.zst"
@@ -366,48 +361,8 @@ def converged_snapshot(inv: Inventory) -> Snapshot:
 
 def plan(inv: Inventory, snapshot: Snapshot, os_release: dict | None = None) -> list[tuple[str, list]]:
     """(operation name, commands) for every operation of the deploy on a host in `snapshot`."""
-    state = State(PyinfraInventory((["p620"], {})), Config())
-    state.set_stage(StateStage.Prepare)
-    host = state.inventory.get_host("p620")
-    forget_host(host.name)
-
-    def get_fact(cls, *args, **kwargs):
-        if cls is HostState:
-            return snapshot
-        if cls is TmpDir:
-            return "/tmp"
-        if cls is LinuxDistribution:
-            return {"name": "Debian", "release_meta": os_release or {"ID": "debian"}}
-        raise AssertionError(f"unexpected fact {cls.__name__}: the deploy must read the batched snapshot")
-
-    with patch.object(type(host), "get_fact", lambda self, cls, *a, **kw: get_fact(cls, *a, **kw)), \
-            ctx_state.use(state), ctx_host.use(host):
-        deploy_ollama.ollama(inv, inv.hosts["p620"])
-        result = []
-        for op_hash in state.get_op_order():
-            name = ", ".join(state.get_op_meta(op_hash).names).removeprefix("Ollama | ")
-            generator = state.get_op_data_for_host(host, op_hash).command_generator
-            result.append((name, [_command_text(c) for c in generator()]))
-    forget_host(host.name)
-    return result
-
-
-def forget_host(name: str) -> None:
-    """ops keeps each host's manifest and snapshot for the run: start every plan afresh."""
-    ops._manifests.pop(name, None)
-    getattr(ops, "_snapshots", {}).pop(name, None)
-
-
-def _command_text(command) -> str:
-    if isinstance(command, FileUploadCommand):
-        return f"upload {command.src} -> {command.dest}"
-    if isinstance(command, StringCommand):
-        return command.get_raw_value()
-    return str(command)
-
-
-def changes(steps: list[tuple[str, list]]) -> dict[str, list]:
-    return {name: commands for name, commands in steps if commands}
+    return run_plan(lambda: deploy_ollama.ollama(inv, inv.hosts["p620"]), "p620", snapshot, os_release,
+                    prefix="Ollama | ")
 
 
 def test_converged_host_yields_no_commands():

@@ -1,0 +1,67 @@
+"""Run a @deploy against a preset HostState snapshot and read back each operation's commands.
+
+A real pyinfra State with one host whose facts are preset (the way pyinfra's own
+operation tests fake facts); any other fact is an error, because our deploys must
+read the one batched snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from unittest.mock import patch
+
+from pyinfra.api import Config, FileUploadCommand, State, StringCommand
+from pyinfra.api import Inventory as PyinfraInventory
+from pyinfra.api.state import StateStage
+from pyinfra.context import ctx_host, ctx_state
+from pyinfra.facts.server import LinuxDistribution, TmpDir
+
+from deploys import ops
+from deploys.state import HostState, Snapshot
+
+
+def forget_host(name: str) -> None:
+    """ops keeps each host's manifest and snapshot for the run: start every plan afresh."""
+    ops._manifests.pop(name, None)
+    ops._snapshots.pop(name, None)
+
+
+def command_text(command) -> str:
+    if isinstance(command, FileUploadCommand):
+        return f"upload {command.src} -> {command.dest}"
+    if isinstance(command, StringCommand):
+        return command.get_raw_value()
+    return str(command)
+
+
+def plan(run: Callable[[], None], host_name: str, snapshot: Snapshot, os_release: dict | None = None,
+         prefix: str = "") -> list[tuple[str, list[str]]]:
+    """(operation name, commands) for every operation `run()` adds on a host in `snapshot`."""
+    state = State(PyinfraInventory(([host_name], {})), Config())
+    state.set_stage(StateStage.Prepare)
+    host = state.inventory.get_host(host_name)
+    forget_host(host.name)
+
+    def get_fact(cls, *args, **kwargs):
+        if cls is HostState:
+            return snapshot
+        if cls is TmpDir:
+            return "/tmp"
+        if cls is LinuxDistribution:
+            return {"name": "Debian", "release_meta": os_release or {"ID": "debian"}}
+        raise AssertionError(f"unexpected fact {cls.__name__}: the deploy must read the batched snapshot")
+
+    with patch.object(type(host), "get_fact", lambda self, cls, *a, **kw: get_fact(cls, *a, **kw)), \
+            ctx_state.use(state), ctx_host.use(host):
+        run()
+        result = []
+        for op_hash in state.get_op_order():
+            name = ", ".join(state.get_op_meta(op_hash).names).removeprefix(prefix)
+            generator = state.get_op_data_for_host(host, op_hash).command_generator
+            result.append((name, [command_text(c) for c in generator()]))
+    forget_host(host.name)
+    return result
+
+
+def changes(steps: list[tuple[str, list[str]]]) -> dict[str, list[str]]:
+    return {name: commands for name, commands in steps if commands}
