@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -37,7 +38,7 @@ def test_nft_table_loads_twice_in_a_scratch_namespace(tmp_path):
     path = tmp_path / "t.nft"
     path.write_text(exposure.nft_ruleset(P620))
     ns = f"lrdexp{path.stat().st_ino % 100000}"
-    if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
+    if subprocess.run(["ip", "netns", "add", ns], capture_output=True, check=False).returncode != 0:
         pytest.skip("cannot create a network namespace here")
     try:
         other = "add table inet admin; add chain inet admin input { type filter hook input priority 0; policy accept; }"
@@ -75,11 +76,11 @@ def test_serve_unit_waits_for_tailscale_and_applies_the_mapping():
 def converged() -> Snapshot:
     return Snapshot(
         paths={exposure.NFT_FILE: PathState("file", "644", "root", "root",
-                                            __import__("hashlib").sha256(exposure.nft_ruleset(P620).encode())
+                                            hashlib.sha256(exposure.nft_ruleset(P620).encode())
                                             .hexdigest()),
                exposure.NFT_DIR: PathState("dir", "755", "root", "root"),
                exposure.SERVE_UNIT_PATH: PathState("file", "644", "root", "root",
-                                                   __import__("hashlib").sha256(exposure.serve_unit(P620.server)
+                                                   hashlib.sha256(exposure.serve_unit(P620.server)
                                                                                 .encode()).hexdigest())},
         units={"nftables.service": UnitState("loaded", "active", "enabled"),
                exposure.SERVE_UNIT: UnitState("loaded", "active", "enabled")},
