@@ -253,7 +253,7 @@ class Ollama(Strict):
 
 class Router(Strict):
     litellm_version: str = Field(
-        "1.109.1", pattern=r"^\d+\.\d+\.\d+$", description="Pinned litellm[proxy] version."
+        "1.108.7", pattern=r"^\d+\.\d+\.\d+$", description="Pinned litellm[proxy] version (never 1.107.0: compromised)."
     )
     install_source: Literal["pypi", "wheelhouse"] = Field(
         "pypi", description="pypi: the host installs from PyPI; wheelhouse: wheels uploaded from the workstation."

@@ -185,7 +185,7 @@ def is_current(dest: Path, litellm_version: str, prisma_version: str) -> bool:
 
 def _pip(args: list[str]) -> None:
     command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet", *args]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, check=False, capture_output=True, text=True)
     if result.returncode != 0:
         errors = [line for line in result.stderr.splitlines() if not line.startswith("WARNING: Location")]
         raise WheelhouseError("pip download failed:\n" + "\n".join(errors[-15:]))
@@ -249,24 +249,28 @@ def venv_is_current(venv: Path, wheelhouse: Path) -> bool:
     return marker.is_file() and lock.is_file() and marker.read_text() == lock.read_text()
 
 
-def build_venv(venv: Path = DEFAULT_VENV, wheelhouse: Path = DEFAULT_DEST, python: str = "python3",
+def build_venv(venv: Path = DEFAULT_VENV, wheelhouse: Path = DEFAULT_DEST, python: str = sys.executable,
                log=print) -> Path:
     """A venv with exactly the wheelhouse's lock installed offline (rebuilt when the lock changed)."""
     if venv_is_current(venv, wheelhouse):
         log(f"venv {venv} matches {wheelhouse / LOCK_FILE}")
         return venv
+    version = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    if version != PYTHON_VERSION:
+        raise WheelhouseError(f"{python} is Python {version}; the wheelhouse is for {PYTHON_VERSION} (the server's)")
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([python, "-m", "venv", str(venv)], check=True)
     # Only the wheelhouse: no pip.conf index or find-links, no PIP_* settings.
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")} | {"PIP_CONFIG_FILE": os.devnull}
     log(f"installing {wheelhouse / LOCK_FILE} into {venv} (offline) ...")
     result = subprocess.run(offline_install_command(venv / "bin" / "python", wheelhouse),
-                            capture_output=True, text=True, env=environ)
+                            check=False, capture_output=True, text=True, env=environ)
     if result.returncode != 0:
         shutil.rmtree(venv, ignore_errors=True)
         raise WheelhouseError("offline install failed:\n" + result.stderr[-3000:])
     check = subprocess.run([str(venv / "bin" / "python"), "-c", "import litellm.proxy.proxy_server, prisma"],
-                           capture_output=True, text=True, env={**environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+                           check=False, capture_output=True, text=True, env={**environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
     if check.returncode != 0:
         raise WheelhouseError("the venv cannot import litellm's proxy:\n" + check.stderr[-3000:])
     (venv / ".installed-lock").write_text((wheelhouse / LOCK_FILE).read_text())
