@@ -30,12 +30,11 @@ from typing import Any
 
 import pytest
 
+from lab.claude_code import CLAUDE_CODE_VERSION, INSTALLED_PATH, ensure_layer
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "templates" / "client" / "claude_router.py"
 COMMANDS_DIR = REPO_ROOT / "templates" / "client" / "commands"
-CLAUDE_CODE_VERSION = "2.1.330"
-INSTALL_PREFIX = REPO_ROOT / ".cache" / "claude-code"
-NATIVE_BINARY = INSTALL_PREFIX / "node_modules" / "@anthropic-ai" / "claude-code-linux-x64" / "claude"
 PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else "python3"
 ROUTER_KEY = "sk-router-cli-test"
 ANSWER = "Hi from the fake router"
@@ -53,29 +52,10 @@ def installed_version(binary: Path) -> str | None:
 
 @pytest.fixture(scope="session")
 def claude_binary() -> Path:
-    if installed_version(NATIVE_BINARY) != CLAUDE_CODE_VERSION:
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.skip(f"npm not found: cannot install @anthropic-ai/claude-code@{CLAUDE_CODE_VERSION}")
-        install = subprocess.run(
-            [
-                npm,
-                "install",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-                str(INSTALL_PREFIX),
-                f"@anthropic-ai/claude-code@{CLAUDE_CODE_VERSION}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        if install.returncode != 0 or installed_version(NATIVE_BINARY) != CLAUDE_CODE_VERSION:
-            tail = (install.stderr or install.stdout).strip().splitlines()[-3:]
-            pytest.skip(f"cannot install Claude Code {CLAUDE_CODE_VERSION} with npm: {' | '.join(tail)}")
-    return NATIVE_BINARY
+    """The pinned native binary, fetched once with npm for the lab too (a failure fails the test)."""
+    binary = ensure_layer(CLAUDE_CODE_VERSION) / INSTALLED_PATH
+    assert installed_version(binary) == CLAUDE_CODE_VERSION
+    return binary
 
 
 # --------------------------------------------------------------------------------- fake endpoints
