@@ -111,6 +111,32 @@ def wheel_requirements(metadata: str, extras: tuple[str, ...] = EXTRAS,
     return found
 
 
+def missing_for_target(wheels: list[Path]) -> list[str]:
+    """Requirements of the downloaded wheels that apply on the TARGET but have no wheel yet.
+
+    pip evaluates transitive markers with the workstation's interpreter: with 3.11.7 it skips
+    `async-timeout; python_full_version < "3.11.3"`, which Debian 12's 3.11.2 needs.
+    """
+    have = {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in wheels}
+    missing: list[str] = []
+    for wheel in wheels:
+        for text in wheel_requirements(wheel_metadata(wheel), extras=()):
+            requirement = Requirement(text)
+            if canonicalize_name(requirement.name) not in have and text not in missing:
+                missing.append(text)
+    return missing
+
+
+def complete_for_target(staging: Path, log=print) -> None:
+    for _ in range(5):  # each round can only add dependencies of what the last one added
+        missing = missing_for_target(sorted(staging.glob("*.whl")))
+        if not missing:
+            return
+        log(f"adding what the target interpreter needs too: {', '.join(missing)}")
+        _pip(["-d", str(staging), *missing, *pip_target_args()])
+    raise WheelhouseError("the wheelhouse's dependency closure did not settle")
+
+
 def wheel_metadata(wheel: Path) -> str:
     with zipfile.ZipFile(wheel) as archive:
         name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
@@ -162,6 +188,7 @@ def manifest_key(litellm_version: str, prisma_version: str) -> dict[str, object]
         "python": PYTHON_VERSION,
         "platforms": target_platforms(),
         "relaxed": sorted(RELAXED),
+        "markers": TARGET_MARKERS,  # transitive requirements are completed for these
     }
 
 
@@ -212,6 +239,7 @@ def build(litellm_version: str = DEFAULT_LITELLM_VERSION, prisma_version: str = 
         requirements_file.write_text("\n".join(requirements) + "\n")
         _pip(["-d", str(staging), "-r", str(requirements_file), *pip_target_args()])
         requirements_file.unlink()
+        complete_for_target(staging, log)
         wheels = [locked_wheel(p) for p in sorted(staging.glob("*.whl"))]
         others = [p.name for p in staging.iterdir() if not p.name.endswith(".whl")]
         if others:
