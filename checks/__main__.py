@@ -18,6 +18,7 @@ from checks import core
 from checks.observe import REPO, connected, fact, observe_client, observe_server, probe
 from deploys import client as client_deploy
 from deploys import keys
+from deploys.router import MASTER_KEY_FILE
 from facts.gpu import GpuVram
 from facts.ollama import OllamaStatus
 from inventory.load import InventoryError, inventory_path_from_env, load_inventory
@@ -26,7 +27,6 @@ from inventory.model import Inventory
 BASELINE_DIR = REPO / ".cache" / "checks"
 SERVER_UNITS = ["ollama.service", "llm-router.service"]
 SERVE_UNIT = "llm-router-tailscale-serve.service"
-MASTER_KEY_FILE = "/etc/llm-router/master.key"
 
 
 def duration_seconds(text: str) -> int:

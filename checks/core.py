@@ -302,6 +302,16 @@ def check_security(host: Host, exposure: float | None, threshold: float) -> Resu
 def check_client(host: Host, facts: ClientFacts) -> list[Result]:
     if facts.error:
         return [_result(host.name, "client request with its key", "HTTP 200", facts.error, False, facts.error)]
+    if facts.with_key == facts.without_key and facts.with_key not in (200, 401):
+        # Same non-answer either way (000: no connection, 502: the front cannot reach the router):
+        # one failure says it; judging the key check on it would only repeat it.
+        observed = "no connection" if facts.with_key == 0 else f"HTTP {facts.with_key}"
+        return [
+            _result(host.name, "client request with its key", f"HTTP 200 from {facts.url}", observed, False,
+                    f"the router does not answer at {facts.url}: systemctl status llm-router on the server, "
+                    "and tailscale serve status for remote clients"),
+            _skip(host.name, "client request without a key", "HTTP 401", "the router did not answer at all"),
+        ]
     return [
         _result(host.name, "client request with its key", f"HTTP 200 from {facts.url}", str(facts.with_key),
                 facts.with_key == 200, "the router refused the client's key or is unreachable: "

@@ -108,7 +108,8 @@ def lab() -> Iterator[RunningLab]:
 # --- the deployed site ----------------------------------------------------------------
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-LAB_INVENTORY = REPO_ROOT / "inventory" / "lab.yaml"
+# LAB_INVENTORY (with LAB_PREFIX and the LAB_*_SUBNET variables) points the tests at another lab instance.
+LAB_INVENTORY = Path(os.environ.get("LAB_INVENTORY") or REPO_ROOT / "inventory" / "lab.yaml")
 _GRAND_TOTAL = re.compile(r"^\s*Grand total\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)", re.MULTILINE)
 
 
@@ -140,7 +141,7 @@ def run_apply(*args: str, inventory: Path = LAB_INVENTORY, timeout: float = 1200
 @pytest.fixture(scope="session")
 def apply(lab: RunningLab):
     """Run the site against the lab (extra pyinfra arguments, e.g. `--dry`, `--diff`, `--data k=v`)."""
-    prepare_artifacts()
+    prepare_artifacts(LAB_INVENTORY)
     return run_apply
 
 

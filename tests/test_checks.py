@@ -149,6 +149,10 @@ def test_client_requests():
     assert [r.status for r in open_router] == ["PASS", "FAIL"]
     down = core.check_client(RAZER, core.ClientFacts(url="u", error="request failed: timeout"))
     assert down[0].status == "FAIL"
+    unreachable = core.check_client(RAZER, core.ClientFacts(url="u", with_key=0, without_key=0))
+    assert [r.status for r in unreachable] == ["FAIL", "SKIP"] and "no connection" in unreachable[0].observed
+    bad_gateway = core.check_client(RAZER, core.ClientFacts(url="u", with_key=502, without_key=502))
+    assert [r.status for r in bad_gateway] == ["FAIL", "SKIP"]
 
 
 def test_client_request_script_keeps_the_key_out_of_argv():
