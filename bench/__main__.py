@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import socket
 import statistics
 import subprocess
@@ -24,11 +23,12 @@ import time
 from pathlib import Path
 
 import paramiko
-from lab.artifacts import prepare_artifacts
 from ruamel.yaml import YAML
 
 from lab import core as lab_core
+from lab.artifacts import prepare_artifacts
 from lab.config import LAB_KEY_PATH
+from lab.variants import write_variant
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_INVENTORY = REPO / "inventory" / "lab.yaml"
@@ -215,20 +215,8 @@ def router_figures(env: dict[str, str], count: int, limit: float) -> None:
     report("direct to Ollama, 8 concurrent", conc_direct)
     default_rps = report("router, 8 concurrent, default workers",
                          load("http://127.0.0.1:4000/v1/messages", MASTER_KEY_FILE, messages, 8, count * 2, limit))
-    one_worker = BENCH_DIR / "lab-1worker.yaml"
-    yaml = YAML()
-    data = yaml.load(LAB_INVENTORY.read_text())
-    data["secrets_dir"] = str((LAB_INVENTORY.parent / data["secrets_dir"]).resolve())
-    for key in ("key", "known_hosts"):
-        for host in data["hosts"].values():
-            host["ssh"][key] = str((LAB_INVENTORY.parent / host["ssh"][key]).resolve())
-    server = data["hosts"]["p620"]["server"]
-    server["router"]["workers"] = 1
-    server["router"]["wheelhouse_dir"] = str((LAB_INVENTORY.parent / server["router"]["wheelhouse_dir"]).resolve())
-    server["ollama"]["source"]["local_dir"] = str(
-        (LAB_INVENTORY.parent / server["ollama"]["source"]["local_dir"]).resolve())
-    with one_worker.open("w") as f:
-        yaml.dump(data, f)
+    one_worker = write_variant(LAB_INVENTORY, BENCH_DIR / "lab-1worker.yaml",
+                               lambda data: data["hosts"]["p620"]["server"]["router"].__setitem__("workers", 1))
     try:
         apply({**env, "LLM_ROUTER_INVENTORY": str(one_worker)})
         single_rps = report("router, 8 concurrent, 1 worker",
@@ -277,30 +265,25 @@ def eight_host_lab() -> tuple[Path, dict[str, str]]:
     """lab.yaml plus six clients, in a second lab instance with its own prefix and subnets."""
     subnets = {"LAB_LAN_SUBNET": "10.214.1.0/24", "LAB_TAILNET_SUBNET": "100.86.214.0/24",
                "LAB_PUBLIC_SUBNET": "10.214.3.0/24"}
-    text = LAB_INVENTORY.read_text()
-    text = re.sub(r"10\.213\.", "10.214.", text).replace("100.86.213.", "100.86.214.")
-    yaml = YAML()
-    data = yaml.load(text)
-    base = LAB_INVENTORY.parent
-    data["secrets_dir"] = str((BENCH_DIR / "secrets8").resolve())
-    server = data["hosts"]["p620"]["server"]
-    server["router"]["wheelhouse_dir"] = str((base / server["router"]["wheelhouse_dir"]).resolve())
-    server["ollama"]["source"]["local_dir"] = str((base / server["ollama"]["source"]["local_dir"]).resolve())
-    for host in data["hosts"].values():
-        host["ssh"]["key"] = str((base / host["ssh"]["key"]).resolve())
-        host["ssh"]["known_hosts"] = str((base / host["ssh"]["known_hosts"]).resolve())
-    razer = data["hosts"]["razer"]
-    for i in range(2, 8):
-        clone = json.loads(json.dumps(razer))
-        address = f"100.86.214.{10 + i}"
-        clone["ssh"]["hostname"] = address
-        clone["network"]["tailnet_address"] = address
-        clone["network"]["tailnet_dns_name"] = f"razer{i}.tail-lab.ts.net"
-        data["hosts"][f"razer{i}"] = clone
-    data.pop("checks", None)
-    path = BENCH_DIR / "lab8.yaml"
-    with path.open("w") as f:
-        yaml.dump(data, f)
+
+    def eight(data: dict) -> None:
+        data["secrets_dir"] = str((BENCH_DIR / "secrets8").resolve())
+        for host in data["hosts"].values():
+            for section, key in (("ssh", "hostname"), ("network", "lan_address"), ("network", "tailnet_address")):
+                if host.get(section, {}).get(key):
+                    host[section][key] = str(host[section][key]).replace("10.213.", "10.214.").replace(
+                        "100.86.213.", "100.86.214.")
+        razer = data["hosts"]["razer"]
+        for i in range(2, 8):
+            clone = json.loads(json.dumps(razer))
+            address = f"100.86.214.{10 + i}"
+            clone["ssh"]["hostname"] = address
+            clone["network"]["tailnet_address"] = address
+            clone["network"]["tailnet_dns_name"] = f"razer{i}.tail-lab.ts.net"
+            data["hosts"][f"razer{i}"] = clone
+        data.pop("checks", None)
+
+    path = write_variant(LAB_INVENTORY, BENCH_DIR / "lab8.yaml", eight)
     return path, lab_env(path, prefix="lrb8-", subnets=subnets)
 
 

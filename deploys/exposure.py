@@ -149,7 +149,7 @@ def nft_included():
         host.noop(f"{NFT_CONF} includes {NFT_FILE}")
         return
     yield (f"test -e {NFT_CONF} || printf '#!/usr/sbin/nft -f\\n' > {NFT_CONF}; "
-           f"printf '\\n%s\\n%s\\n' {shlex.quote(_INCLUDE_COMMENT)} {shlex.quote(NFT_INCLUDE)} >> {NFT_CONF}")
+           f"printf '%s\\n%s\\n' {shlex.quote(_INCLUDE_COMMENT)} {shlex.quote(NFT_INCLUDE)} >> {NFT_CONF}")
 
 
 @operation()

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("up", help="build (once) and start the lab")
     commands.add_parser("down", help="stop the lab and remove everything it created")
     commands.add_parser("build", help="build the base image only")
+    reboot_parser = commands.add_parser("reboot", help="shut a host down cleanly and boot it again")
+    reboot_parser.add_argument("host")
     status_parser = commands.add_parser("status", help="hosts, peers, interfaces and addresses")
     status_parser.add_argument("--json", action="store_true")
     ssh_parser = commands.add_parser("ssh", help="ssh to a host the way pyinfra does")
@@ -63,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             core.down()
             print(f"lab down in {time.monotonic() - started:.1f}s")
+            return 0
+        if args.command == "reboot":
+            started = time.monotonic()
+            state = core.reboot(args.host)
+            print(f"{args.host} rebooted in {time.monotonic() - started:.1f}s: {state}")
             return 0
         if args.command == "build":
             core.require_capabilities()

@@ -153,11 +153,7 @@ def _up(config: LabConfig) -> dict[str, object]:
         known_hosts: list[str] = []
         for container in containers(topology):
             known_hosts += container.prepare(topology, base, public_key)
-            layers = [base]
-            host = container.node.host
-            if claude_layer is not None and host is not None and "client" in host.roles:
-                layers.insert(0, claude_layer)
-            container.start(layers)
+            container.start(_layers(container, base, claude_layer))
         existing = KNOWN_HOSTS_PATH.read_text() if KNOWN_HOSTS_PATH.exists() else ""
         KNOWN_HOSTS_PATH.write_text(merge_known_hosts(existing, known_hosts))
         deadline = time.monotonic() + BOOT_TIMEOUT_SECONDS
@@ -169,6 +165,39 @@ def _up(config: LabConfig) -> dict[str, object]:
     timings["up_seconds"] = time.monotonic() - started
     host_states = {container.node.name: state for container, state in zip(containers(topology), states)}
     return {"reused": False, "timings": timings, "states": host_states}
+
+
+def _layers(container: Container, base: Path, claude_layer: Path | None) -> list[Path]:
+    host = container.node.host
+    if claude_layer is not None and host is not None and "client" in host.roles:
+        return [claude_layer, base]
+    return [base]
+
+
+def reboot(name: str, config: LabConfig | None = None) -> str:
+    """Shut a host down cleanly and boot it again on the same upper layer (state survives, as on a
+    real reboot); returns its `systemctl is-system-running` answer."""
+    config = config or load_config()
+    topology = build_topology(config)
+    node = topology.node(name)
+    if node.kind != "host":
+        raise LabError(f"{name} is a peer: only hosts boot")
+    container = Container(config, node)
+    with _locked(config.prefix):
+        nspawn = container.nspawn_pid()
+        if nspawn is None:
+            raise LabError(f"lab host {name} is not running")
+        subprocess.run(container.exec_command(["systemctl", "poweroff"]), check=False, capture_output=True)
+        deadline = time.monotonic() + BOOT_TIMEOUT_SECONDS
+        while container.nspawn_pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if container.nspawn_pid() is not None:
+            raise LabError(f"lab host {name} did not power off; see {container.log_path}")
+        with _locked("image"):
+            base, _ = ensure_rootfs()
+            claude_layer = ensure_claude_code_layer() if node.host and "client" in node.host.roles else None
+        container.start(_layers(container, base, claude_layer))
+        return container.wait_ready(time.monotonic() + BOOT_TIMEOUT_SECONDS)
 
 
 def down(config: LabConfig | None = None) -> None:

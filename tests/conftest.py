@@ -145,9 +145,35 @@ def apply(lab: RunningLab):
     return run_apply
 
 
+@dataclass(frozen=True)
+class Deployed:
+    result: ApplyResult
+    ruleset_before: str  # p620's `nft list ruleset` before the first apply, our table left out
+    nftables_conf_before: str
+
+
+def ruleset_without_ours(host: str = "p620") -> str:
+    """The host's ruleset as text with our table removed (what must be left after removal)."""
+    text = core.run(host, ["nft", "list", "ruleset"]).stdout
+    kept, skipping = [], False
+    for line in text.splitlines():
+        if line.startswith("table inet llm_router"):
+            skipping = True
+        elif skipping and line == "}":
+            skipping = False
+            continue
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept)
+
+
 @pytest.fixture(scope="session")
-def deployed(apply) -> ApplyResult:
+def deployed(apply) -> Deployed:
     """The reference setup applied to the lab once per session; tests that break it must repair it."""
+    conf = core.run("p620", ["cat", "/etc/nftables.conf"]).stdout
+    conf_before = "\n".join(line for line in conf.splitlines()
+                             if "llm-router" not in line) + ("\n" if conf.endswith("\n") else "")
+    before = ruleset_without_ours()
     result = apply()
     assert result.returncode == 0, result.output[-6000:]
-    return result
+    return Deployed(result, before, conf_before)

@@ -14,7 +14,8 @@ from inventory.load import load_inventory
 from lab import core as lab_core
 from lab.config import load_config
 from lab.topology import build_topology
-from tests.conftest import LAB_INVENTORY
+from lab.variants import write_variant
+from tests.conftest import LAB_INVENTORY, ruleset_without_ours
 
 REPO = Path(__file__).resolve().parent.parent
 _P620 = build_topology(load_config()).node("p620")
@@ -154,3 +155,45 @@ def test_sabotage_fails_exactly_the_matching_check(deployed, case_id, sabotage, 
     assert unexpected == set(), unexpected
     # Each failure tells the user what is wrong.
     assert all(r["reason"] for r in results if r["status"] == "FAIL")
+
+
+def wait_for_router(timeout: int = 180) -> None:
+    done = in_lab("p620", f"for i in $(seq {timeout}); do curl -s -o /dev/null -m 2 "
+                          "http://127.0.0.1:4000/health/liveliness && exit 0; sleep 1; done; exit 1",
+                  timeout=timeout + 30)
+    assert done.returncode == 0, "the router did not come back"
+
+
+def test_rules_and_serve_survive_a_reboot(deployed):
+    assert lab_core.reboot("p620") == "running"
+    wait_for_router()
+    assert in_lab("p620", "nft list table inet llm_router").returncode == 0
+    assert "/router" in in_lab("p620", "tailscale serve status --json").stdout
+    status, results = run_checks()
+    assert failing(results) == set() and status == 0
+
+
+def test_exposure_off_removes_ours_and_nothing_else(deployed, apply, tmp_path):
+    def off(data: dict) -> None:
+        exposure = data["hosts"]["p620"]["server"]["exposure"]
+        exposure["firewall"] = "none"
+        exposure["tailscale_serve"]["enabled"] = False
+        # razer reaches p620 only through tailscale serve: without it, razer cannot be a client.
+        del data["hosts"]["razer"]
+        data.pop("checks", None)
+
+    variant = write_variant(LAB_INVENTORY, tmp_path / "exposure-off.yaml", off)
+    try:
+        removed = apply(inventory=variant)
+        assert removed.returncode == 0, removed.output[-4000:]
+        assert ruleset_without_ours() == deployed.ruleset_before
+        assert in_lab("p620", "nft list table inet llm_router").returncode != 0
+        conf = in_lab("p620", "cat /etc/nftables.conf").stdout
+        assert conf == deployed.nftables_conf_before
+        assert in_lab("p620", "test -e /etc/systemd/system/llm-router-tailscale-serve.service").returncode == 1
+        assert "/router" not in in_lab("p620", "tailscale serve status --json").stdout
+        assert tcp("lan", P620_LAN, 4000) == "open"  # the router itself is untouched
+    finally:
+        restored = apply()
+        assert restored.returncode == 0, restored.output[-4000:]
+    assert tcp("public", P620_LAN, 4000) == "refused"
