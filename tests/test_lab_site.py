@@ -40,7 +40,7 @@ def run_checks(*args: str) -> tuple[int, list[dict]]:
     out = REPO / ".cache" / "checks" / "last.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     done = subprocess.run([sys.executable, "-m", "checks", *args, "--inventory", str(LAB_INVENTORY),
-                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert out.exists(), done.stdout + done.stderr
     return done.returncode, json.loads(out.read_text())
 
@@ -67,7 +67,7 @@ def test_ollama_port_refused_from_every_peer(deployed, peer, address):
 def test_loopback_router_and_ssh_still_work(deployed):
     assert tcp("p620", "127.0.0.1", 4000) == "open"
     for host in ("p620", "razer"):
-        done = subprocess.run(lab_core.ssh_command(host, ["true"]), capture_output=True, timeout=30)
+        done = subprocess.run(lab_core.ssh_command(host, ["true"]), capture_output=True, timeout=30, check=False)
         assert done.returncode == 0, done.stderr
 
 
@@ -119,8 +119,8 @@ def test_checks_all_pass_after_deploy(deployed):
 SABOTAGE = [
     # (id, break it, expected failing checks (regex on "host: check"), repair)
     ("ollama-rebound",
-     "mkdir -p /etc/systemd/system/ollama.service.d && printf '[Service]\\nEnvironment=OLLAMA_HOST=0.0.0.0:11434\\n'"
-     " > /etc/systemd/system/ollama.service.d/sabotage.conf && systemctl daemon-reload && systemctl restart ollama",
+     ("mkdir -p /etc/systemd/system/ollama.service.d && printf '[Service]\\nEnvironment=OLLAMA_HOST=0.0.0.0:11434\\n'"
+     " > /etc/systemd/system/ollama.service.d/sabotage.conf && systemctl daemon-reload && systemctl restart ollama"),
      # The firewall still refuses 11434 from every peer (defence in depth): only the bind check fails.
      [r"p620: ollama listens on loopback only"],
      "rm -rf /etc/systemd/system/ollama.service.d && systemctl daemon-reload && systemctl restart ollama"),
@@ -133,8 +133,8 @@ SABOTAGE = [
     ("router-stopped", "systemctl stop llm-router",
      [r"p620: router listens", r"llm-router.service enabled and active", r"client request with its key",
       r"probe (lan|tailnet) -> .*:4000"],
-     "systemctl start llm-router && for i in $(seq 60); do curl -s -o /dev/null 127.0.0.1:4000/health/liveliness "
-     "&& break; sleep 1; done"),
+     ("systemctl start llm-router && for i in $(seq 60); do curl -s -o /dev/null 127.0.0.1:4000/health/liveliness "
+     "&& break; sleep 1; done")),
 ]
 
 
