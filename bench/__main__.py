@@ -31,7 +31,7 @@ from lab.config import LAB_KEY_PATH
 from lab.variants import write_variant
 
 REPO = Path(__file__).resolve().parent.parent
-LAB_INVENTORY = REPO / "inventory" / "lab.yaml"
+LAB_INVENTORY = Path(os.environ.get("LAB_INVENTORY") or REPO / "inventory" / "lab.yaml")
 BENCH_DIR = REPO / ".cache" / "bench"
 STATE_DUMP_ENV = "LLM_ROUTER_STATE_DUMP"  # deploys/ops.py writes each host's state command here
 

@@ -115,19 +115,23 @@ def file(path: str, content: str | bytes, mode: str = "644", user: str = "root",
         raise ValueError(f"{path} exists and is a {current.kind}, not a file")
     same_content = current.kind == "file" and current.sha256 == hashlib.sha256(data).hexdigest()
     if not same_content:
-        if secret:
-            host.log(f"Will {'update' if current.kind == 'file' else 'create'} secret {path} "
-                     "(content not shown)", logger.info) if state.config.DIFF else None
-        else:
+        if secret and state.config.DIFF:
+            host.log(f"Will {'update' if current.kind == 'file' else 'create'} secret {path} (content not shown)",
+                     logger.info)
+        elif not secret:
             _show_diff(path, data, current.kind == "file")
-        temp = host.get_temp_filename(path)
-        # Create the temp file 0600 before the upload writes into it, so a secret is never readable.
-        yield f"install -m 600 /dev/null {shlex.quote(temp)}"
-        yield FileUploadCommand(BytesIO(data), path, remote_temp_filename=temp)
-    if not same_content or (current.mode, current.user, current.group) != (mode, user, group):
+        # Upload into a 0600 file beside the target, set owner and mode, then rename it over the target:
+        # readers see the old file or the whole new one, and a secret is never readable by others.
+        # (pyinfra's own remote_temp_filename is only used with sudo.)
+        temp = shlex.quote(f"{path}.llm-router-new")
+        yield f"install -m 600 /dev/null {temp}"
+        yield FileUploadCommand(BytesIO(data), f"{path}.llm-router-new")
+        yield (f"chown {shlex.quote(user)}:{shlex.quote(group)} {temp} && chmod {mode} {temp} && "
+               f"mv -f {temp} {shlex.quote(path)}")
+    elif (current.mode, current.user, current.group) != (mode, user, group):
         q = shlex.quote(path)
         yield f"chown {shlex.quote(user)}:{shlex.quote(group)} {q} && chmod {mode} {q}"
-    elif same_content:
+    else:
         host.noop(f"{path} is up to date")
 
 

@@ -255,6 +255,10 @@ class Router(Strict):
     litellm_version: str = Field(
         "1.108.7", pattern=r"^\d+\.\d+\.\d+$", description="Pinned litellm[proxy] version (never 1.107.0: compromised)."
     )
+    prisma_version: str = Field(
+        "0.15.0", pattern=r"^\d+\.\d+\.\d+$",
+        description="Pinned prisma, installed beside LiteLLM so a missing key gets 401, not 500.",
+    )
     install_source: Literal["pypi", "wheelhouse"] = Field(
         "pypi", description="pypi: the host installs from PyPI; wheelhouse: wheels uploaded from the workstation."
     )

@@ -41,9 +41,12 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from inventory.model import Router
+
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_LITELLM_VERSION = "1.108.7"
-DEFAULT_PRISMA_VERSION = "0.15.0"
+# The inventory's defaults: one place for the pins.
+DEFAULT_LITELLM_VERSION = Router.model_fields["litellm_version"].default
+DEFAULT_PRISMA_VERSION = Router.model_fields["prisma_version"].default
 DEFAULT_DEST = REPO / ".cache" / "wheelhouse"
 DEFAULT_VENV = REPO / ".cache" / "litellm-venv"
 LOCK_FILE = "requirements.lock"

@@ -131,8 +131,9 @@ class ApplyResult:
 def run_apply(*args: str, inventory: Path = LAB_INVENTORY, timeout: float = 1200) -> ApplyResult:
     """`pyinfra -y inventory/hosts.py deploys/site.py` against an inventory, as a user runs it."""
     env = {**os.environ, "LLM_ROUTER_INVENTORY": str(inventory)}
+    confirm = [] if "--dry" in args else ["-y"]
     done = subprocess.run(
-        [sys.executable, "-m", "pyinfra", "-y", "inventory/hosts.py", "deploys/site.py", *args],
+        [sys.executable, "-m", "pyinfra", *confirm, "inventory/hosts.py", "deploys/site.py", *args],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
     )
     return ApplyResult(done.returncode, done.stdout + done.stderr)
