@@ -31,6 +31,12 @@ NFT_FAMILY = "inet"
 NFT_INCLUDE = f'include "{NFT_FILE}"'
 # Before the usual filter chains (priority 0): our verdict is seen first in traces.
 NFT_PRIORITY = "filter - 10"
+# Written when we enabled nftables.service, so removal disables it only if it was ours to enable.
+NFT_ENABLED_MARKER = f"{NFT_DIR}/.llm-router-enabled-nftables-service"
+# On firewalld/ufw hosts nftables.service must not run (its config starts with `flush ruleset`):
+# our own oneshot loads just our table at boot, after their firewall.
+BOOT_UNIT = "llm-router-firewall.service"
+BOOT_UNIT_PATH = f"/etc/systemd/system/{BOOT_UNIT}"
 SERVE_UNIT = "llm-router-tailscale-serve.service"
 SERVE_UNIT_PATH = f"/etc/systemd/system/{SERVE_UNIT}"
 CADDYFILE = "/etc/caddy/Caddyfile"
@@ -112,6 +118,10 @@ def caddyfile(host_model: Host) -> str:
     return render("exposure/Caddyfile.j2", sites=sites)
 
 
+def boot_unit() -> str:
+    return render("exposure/llm-router-firewall.service.j2", nft_file=NFT_FILE, family=NFT_FAMILY, table=NFT_TABLE)
+
+
 def choose_firewall(configured: str, active_units: set[str], commands: set[str], ufw_active: bool) -> str:
     """The firewall backend to manage: the configured one, or what the host runs."""
     if configured != "auto":
@@ -154,18 +164,36 @@ def nft_included():
 
 @operation()
 def nft_removed():
+    """Our table, its file, include lines and boot unit gone; nftables.service as it was before us."""
     snap = ops.snapshot()
     table, include = snap.probes.get(PROBE_NFT_TABLE), snap.probes.get(PROBE_NFT_INCLUDE)
+    commands = []
     if table is not None and table.status == 0:
-        yield f"nft delete table {NFT_FAMILY} {NFT_TABLE}"
+        commands.append(f"nft delete table {NFT_FAMILY} {NFT_TABLE}")
     if include is not None and include.status == 0:
         # Delete exactly the two lines nft_included appended, nothing else of the admin's file.
-        yield f"sed -i -e {shlex.quote(_SED_DELETE_INCLUDE)} {NFT_CONF}"
+        commands.append(f"sed -i -e {shlex.quote(_SED_DELETE_INCLUDE)} {NFT_CONF}")
+    if snap.path(NFT_ENABLED_MARKER).kind != "absent":
+        commands.append(f"systemctl disable nftables.service && rm -f {NFT_ENABLED_MARKER}")
+    if snap.path(BOOT_UNIT_PATH).kind != "absent":
+        commands.append(f"systemctl disable {BOOT_UNIT} && rm -f {BOOT_UNIT_PATH} && systemctl daemon-reload")
     if snap.path(NFT_FILE).kind != "absent":
-        yield f"rm -f {NFT_FILE}"
-    if not (table and table.status == 0) and not (include and include.status == 0) and (
-            snap.path(NFT_FILE).kind == "absent"):
+        commands.append(f"rm -f {NFT_FILE} && rmdir --ignore-fail-on-non-empty {NFT_DIR}")
+    if commands:
+        yield " && ".join(commands)
+    else:
         host.noop("no llm-router firewall table")
+
+
+@operation()
+def nftables_enabled_at_boot():
+    """nftables.service loads /etc/nftables.conf (and so our include) at boot. Never started here:
+    its config begins with `flush ruleset`, which would wipe every other table now."""
+    unit = ops.snapshot().units.get("nftables.service")
+    if unit is not None and unit.enabled == "enabled":
+        host.noop("nftables.service is enabled")
+        return
+    yield f"systemctl enable nftables.service && touch {NFT_ENABLED_MARKER}"
 
 
 @operation()
@@ -213,8 +241,8 @@ def tailscale_serve_off(server: Server):
 
 def declare(inv: Inventory, host_model: Host) -> None:
     ops.declare(
-        paths=(NFT_FILE, NFT_DIR, SERVE_UNIT_PATH, CADDYFILE),
-        units=("firewalld.service", "ufw.service", "nftables.service", SERVE_UNIT, "caddy.service"),
+        paths=(NFT_FILE, NFT_DIR, NFT_ENABLED_MARKER, BOOT_UNIT_PATH, SERVE_UNIT_PATH, CADDYFILE),
+        units=("firewalld.service", "ufw.service", "nftables.service", BOOT_UNIT, SERVE_UNIT, "caddy.service"),
         commands=("nft", "firewall-cmd", "ufw", "tailscale", "caddy"),
         probes={
             PROBE_NFT_TABLE: f"nft list table {NFT_FAMILY} {NFT_TABLE} >/dev/null",
@@ -248,10 +276,13 @@ def exposure(inv: Inventory, host_model: Host) -> None:
         ops.directory(NFT_DIR, mode="755", name=f"Directory {NFT_DIR}")
         ruleset = ops.file(NFT_FILE, nft_ruleset(host_model), mode="644", name=f"nftables table {NFT_TABLE}")
         nft_loaded(ops.changed(ruleset), name=f"Load table {NFT_FAMILY} {NFT_TABLE}")
-        nft_included(name=f"Include {NFT_FILE} from {NFT_CONF}")
         if backend == "nftables":
-            ops.unit("nftables.service", enabled=True, running=True,
-                     name="nftables.service loads the ruleset at boot")
+            nft_included(name=f"Include {NFT_FILE} from {NFT_CONF}")
+            nftables_enabled_at_boot(name="nftables.service loads the ruleset at boot")
+        else:
+            unit_file = ops.file(BOOT_UNIT_PATH, boot_unit(), name=f"Unit {BOOT_UNIT}")
+            ops.unit(BOOT_UNIT, enabled=True, running=None, daemon_reload=ops.changed(unit_file),
+                     name=f"{BOOT_UNIT} loads our table at boot, after {backend}")
 
     if server.exposure.tailscale_serve.enabled:
         unit_file = ops.file(SERVE_UNIT_PATH, serve_unit(server), name=f"Unit {SERVE_UNIT}")

@@ -193,9 +193,9 @@ def system_user(name: str, home: str, groups: tuple[str, ...] = (), shell: str =
 
 
 @operation()
-def unit(name: str, enabled: bool = True, running: bool = True, restart: bool = False,
+def unit(name: str, enabled: bool = True, running: bool | None = True, restart: bool = False,
          daemon_reload: bool = False):
-    """A systemd unit's state.
+    """A systemd unit's state; `running=None` leaves it running or not as it is.
 
     `restart` and `daemon_reload` are decided when the deploy is built, from the
     `will_change` of the operations that wrote the unit's files (see `changed`),
@@ -203,21 +203,22 @@ def unit(name: str, enabled: bool = True, running: bool = True, restart: bool = 
     """
     current = snapshot().units.get(name)
     q = shlex.quote(name)
-    if daemon_reload:
-        yield "systemctl daemon-reload"
     is_enabled = current is not None and current.enabled in ("enabled", "static", "generated")
     is_running = current is not None and current.active in ("active", "activating", "reloading")
+    commands = ["systemctl daemon-reload"] if daemon_reload else []
     if enabled and not is_enabled:
-        yield f"systemctl enable {q}"
+        commands.append(f"systemctl enable {q}")
     if not enabled and is_enabled and current and current.enabled != "static":
-        yield f"systemctl disable {q}"
-    if running and (not is_running):
-        yield f"systemctl start {q}"
-    elif running and restart:
-        yield f"systemctl restart {q}"
-    elif not running and is_running:
-        yield f"systemctl stop {q}"
-    if not (daemon_reload or (enabled != is_enabled) or (running != is_running) or (running and restart)):
+        commands.append(f"systemctl disable {q}")
+    if running is True and not is_running:
+        commands.append(f"systemctl start {q}")
+    elif running is True and restart:
+        commands.append(f"systemctl restart {q}")
+    elif running is False and is_running:
+        commands.append(f"systemctl stop {q}")
+    if commands:
+        yield " && ".join(commands)  # one remote command however many steps
+    else:
         host.noop(f"unit {name} is {current.active if current else 'unknown'}")
 
 

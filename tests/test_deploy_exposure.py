@@ -139,8 +139,29 @@ def test_exposure_off_removes_only_ours(tmp_path):
         yaml.dump(data, f)
     off = load_inventory(path)
     found = changes(run(converged(), inv=off))
-    flat = [c for commands in found.values() for c in commands]
+    flat = " ; ".join(c for commands in found.values() for c in commands)
     assert "nft delete table inet llm_router" in flat
-    assert any(c.startswith("sed -i") and exposure.NFT_CONF in c for c in flat)
+    assert "sed -i -e" in flat and exposure.NFT_CONF in flat
     assert "tailscale serve --https=443 --set-path=/router off" in flat
-    assert not any("flush" in c for c in flat)
+    assert "flush" not in flat
+    # nftables.service was enabled before us in this snapshot (no marker): it stays enabled.
+    assert "disable nftables.service" not in flat
+
+
+def test_nftables_service_is_enabled_for_boot_but_never_started():
+    snap = converged()
+    snap.units["nftables.service"] = UnitState("loaded", "inactive", "disabled")
+    [commands] = changes(run(snap)).values()
+    assert commands == [f"systemctl enable nftables.service && touch {exposure.NFT_ENABLED_MARKER}"]
+    assert "start" not in commands[0]
+
+
+def test_ufw_host_loads_our_table_at_boot_with_our_own_unit_not_nftables_service():
+    snap = converged()
+    snap.probes[exposure.PROBE_UFW] = Probe(0, "Status: active\n")
+    snap.probes[exposure.PROBE_NFT_INCLUDE] = Probe(1, "")
+    snap.units["nftables.service"] = UnitState("loaded", "inactive", "disabled")
+    found = changes(run(snap))
+    flat = " ; ".join(c for commands in found.values() for c in commands)
+    assert exposure.BOOT_UNIT_PATH in " ".join(found) or "llm-router-firewall.service" in flat
+    assert "nftables.service" not in flat and exposure.NFT_CONF not in flat

@@ -380,7 +380,7 @@ def test_changed_unit_restarts_ollama_and_reloads_systemd_only():
     changed = changes(plan(inv, Snapshot(paths, snapshot.units, snapshot.users, snapshot.groups,
                                          snapshot.commands)))
     assert set(changed) == {"ollama.service file", "ollama.service", "ollama-model-loader.service"}
-    assert changed["ollama.service"] == ["systemctl daemon-reload", "systemctl restart ollama.service"]
+    assert changed["ollama.service"] == ["systemctl daemon-reload && systemctl restart ollama.service"]
     assert changed["ollama-model-loader.service"] == ["systemctl restart --no-block ollama-model-loader.service"]
 
 
@@ -423,8 +423,8 @@ def test_fresh_host_uploads_verifies_installs_and_switches_current(tmp_path):
         deploy_ollama.CURRENT_LINK)
     assert changed["system user ollama"] == [
         "useradd --system --user-group --home-dir /var/lib/ollama --shell /usr/sbin/nologin -G render,video ollama"]
-    assert changed["ollama.service"] == ["systemctl daemon-reload", "systemctl enable ollama.service",
-                                          "systemctl start ollama.service"]
+    assert changed["ollama.service"] == [
+        "systemctl daemon-reload && systemctl enable ollama.service && systemctl start ollama.service"]
     assert changed["ollama-model-loader.service"] == ["systemctl enable ollama-model-loader.service",
                                                "systemctl restart --no-block ollama-model-loader.service"]
 
@@ -438,7 +438,7 @@ def test_version_upgrade_installs_new_release_switches_link_and_restarts(tmp_pat
     assert f"release {deploy_ollama.release_id(upgraded)}" in changed
     assert changed[deploy_ollama.CURRENT_LINK][0].startswith(
         f"ln -sfn {deploy_ollama.release_dir(upgraded)} ")
-    assert "systemctl restart ollama.service" in changed["ollama.service"]
+    assert changed["ollama.service"][-1].endswith("systemctl restart ollama.service")
 
 
 def test_user_missing_a_gpu_group_gets_it_added():

@@ -342,7 +342,7 @@ def test_without_root_the_lab_refuses_with_a_clear_message(monkeypatch, capsys) 
 
 
 def test_missing_capability_skips_or_fails_with_lab_required(monkeypatch) -> None:
-    from conftest import _refuse
+    from tests.conftest import _refuse
 
     monkeypatch.delenv("LAB_REQUIRED", raising=False)
     with pytest.raises(pytest.skip.Exception):

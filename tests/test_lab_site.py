@@ -157,22 +157,6 @@ def test_sabotage_fails_exactly_the_matching_check(deployed, case_id, sabotage, 
     assert all(r["reason"] for r in results if r["status"] == "FAIL")
 
 
-def wait_for_router(timeout: int = 180) -> None:
-    done = in_lab("p620", f"for i in $(seq {timeout}); do curl -s -o /dev/null -m 2 "
-                          "http://127.0.0.1:4000/health/liveliness && exit 0; sleep 1; done; exit 1",
-                  timeout=timeout + 30)
-    assert done.returncode == 0, "the router did not come back"
-
-
-def test_rules_and_serve_survive_a_reboot(deployed):
-    assert lab_core.reboot("p620") == "running"
-    wait_for_router()
-    assert in_lab("p620", "nft list table inet llm_router").returncode == 0
-    assert "/router" in in_lab("p620", "tailscale serve status --json").stdout
-    status, results = run_checks()
-    assert failing(results) == set() and status == 0
-
-
 def test_exposure_off_removes_ours_and_nothing_else(deployed, apply, tmp_path):
     def off(data: dict) -> None:
         exposure = data["hosts"]["p620"]["server"]["exposure"]
@@ -197,3 +181,19 @@ def test_exposure_off_removes_ours_and_nothing_else(deployed, apply, tmp_path):
         restored = apply()
         assert restored.returncode == 0, restored.output[-4000:]
     assert tcp("public", P620_LAN, 4000) == "refused"
+
+
+def wait_for_router(timeout: int = 180) -> None:
+    done = in_lab("p620", f"for i in $(seq {timeout}); do curl -s -o /dev/null -m 2 "
+                          "http://127.0.0.1:4000/health/liveliness && exit 0; sleep 1; done; exit 1",
+                  timeout=timeout + 30)
+    assert done.returncode == 0, "the router did not come back"
+
+
+def test_rules_and_serve_survive_a_reboot(deployed):
+    assert lab_core.reboot("p620") == "running"
+    wait_for_router()
+    assert in_lab("p620", "nft list table inet llm_router").returncode == 0
+    assert "/router" in in_lab("p620", "tailscale serve status --json").stdout
+    status, results = run_checks()
+    assert failing(results) == set() and status == 0

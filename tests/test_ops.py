@@ -83,7 +83,7 @@ def test_unit_restart_only_when_asked_and_running():
     assert commands == ["systemctl restart x.service"]
     stopped = Snapshot(units={"x.service": UnitState("loaded", "inactive", "disabled")})
     [commands] = run(stopped, declare_and(lambda: ops.unit("x.service", restart=True))).values()
-    assert commands == ["systemctl enable x.service", "systemctl start x.service"]
+    assert commands == ["systemctl enable x.service && systemctl start x.service"]
 
 
 def test_one_snapshot_serves_every_operation():
