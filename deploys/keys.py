@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from io import BytesIO
 
 from pyinfra import host as current_host
 from pyinfra import logger, state
-from pyinfra.api import FileUploadCommand, deploy, operation
+from pyinfra.api import deploy
 from pyinfra.operations import python
 
 from deploys import ops
@@ -203,40 +201,10 @@ def managed_paths() -> list[str]:
 # --- operations ---------------------------------------------------------------------
 
 
-@operation()
-def secret_file(path: str, content: str, mode: str = "600", user: str = "root", group: str = "root"):
-    """A secret file replaced atomically: never diffed, never readable by others, never half-written.
-
-    pyinfra uploads in place when it does not sudo (its temp-file handover is for
-    sudo only), so a reader could see a truncated file and a new file is created
-    with the SFTP default mode. Here the content goes into a 0600 file created
-    beforehand in the same directory, which is then renamed over the target: the
-    auth hook, which re-reads the hashes when the inode changes, sees the old
-    document or the new one, nothing in between.
-    """
-    data = content.encode()
-    current = ops.snapshot().path(path)
-    if current.kind not in ("file", "absent"):
-        raise ValueError(f"{path} exists and is a {current.kind}, not a file")
-    if (current.kind == "file" and current.sha256 == hashlib.sha256(data).hexdigest()
-            and (current.mode, current.user, current.group) == (mode, user, group)):
-        current_host.noop(f"{path} is up to date")
-        return
-    if state.config.DIFF:
-        current_host.log(f"Will {'update' if current.kind == 'file' else 'create'} secret {path} "
-                         "(content not shown)", logger.info)
-    temp = f"{path}.new"
-    q_temp, q_path = shlex.quote(temp), shlex.quote(path)
-    yield f"rm -f {q_temp} && install -m 600 -o root -g root /dev/null {q_temp}"
-    yield FileUploadCommand(BytesIO(data), temp)
-    yield (f"chown {shlex.quote(user)}:{shlex.quote(group)} {q_temp} && chmod {mode} {q_temp}"
-           f" && mv -f {q_temp} {q_path}")
-
-
 def hashes_file(inv: Inventory, server: Host, final: bool = False, **op_args):
     """The hashes file operation (content never diffed: hashes only, but still nobody's business)."""
-    return secret_file(KEY_HASHES_FILE, server_keys(inv, server, final), mode=KEY_HASHES_MODE, user="root",
-                       group=ROUTER_GROUP, **op_args)
+    return ops.file(KEY_HASHES_FILE, server_keys(inv, server, final), mode=KEY_HASHES_MODE, user="root",
+                    group=ROUTER_GROUP, secret=True, **op_args)
 
 
 def _no_host_failed() -> bool:

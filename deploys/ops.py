@@ -124,7 +124,7 @@ def file(path: str, content: str | bytes, mode: str = "644", user: str = "root",
         # readers see the old file or the whole new one, and a secret is never readable by others.
         # (pyinfra's own remote_temp_filename is only used with sudo.)
         temp = shlex.quote(f"{path}.llm-router-new")
-        yield f"install -m 600 /dev/null {temp}"
+        yield f"rm -f {temp} && install -m 600 /dev/null {temp}"
         yield FileUploadCommand(BytesIO(data), f"{path}.llm-router-new")
         yield (f"chown {shlex.quote(user)}:{shlex.quote(group)} {temp} && chmod {mode} {temp} && "
                f"mv -f {temp} {shlex.quote(path)}")

@@ -589,8 +589,8 @@ def router(inv: Inventory, host: Host) -> None:
     ops.system_user(SERVICE_USER, home=LAYOUT.state_dir, name="Router: service user")
     ops.directory(ETC_DIR, mode="750", group=SERVICE_USER, name=f"Router: {ETC_DIR}")
     keys.hashes_file(inv, host, name="Router: client key hashes")
-    master_key = keys.secret_file(MASTER_KEY_FILE, ensure_secret(inv, settings.master_key) + "\n", mode="600",
-                                  name="Router: master key (systemd credential)")
+    master_key = ops.file(MASTER_KEY_FILE, ensure_secret(inv, settings.master_key) + "\n", mode="600",
+                          secret=True, name="Router: master key (systemd credential)")
 
     # 2. The venv, built once per requirement set; `current` is switched by the activation below.
     ops.directory(INSTALL_ROOT, name=f"Router: {INSTALL_ROOT}")

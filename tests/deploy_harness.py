@@ -8,6 +8,7 @@ read the one batched snapshot.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from unittest.mock import patch
 
 from pyinfra.api import Config, FileUploadCommand, State, StringCommand
@@ -28,35 +29,51 @@ def forget_host(name: str) -> None:
 
 def command_text(command) -> str:
     if isinstance(command, FileUploadCommand):
-        return f"upload {command.src} -> {command.dest}"
+        # A local file is named; in-memory content (maybe a secret) never is.
+        source = f"{command.src} " if isinstance(command.src, (str, Path)) else ""
+        return f"upload {source}-> {command.dest}"
     if isinstance(command, StringCommand):
         return command.get_raw_value()
     return str(command)
 
 
-def plan(run: Callable[[], None], host_name: str, snapshot: Snapshot, os_release: dict | None = None,
-         prefix: str = "") -> list[tuple[str, list[str]]]:
-    """(operation name, commands) for every operation `run()` adds on a host in `snapshot`."""
-    state = State(PyinfraInventory(([host_name], {})), Config())
+def plan(run: Callable[[], None], host_name: str, snapshot: Snapshot | Callable[[], Snapshot],
+         os_release: dict | None = None, prefix: str | tuple[str, ...] = "", hosts: list[str] | None = None,
+         data: dict | None = None, limit: list[str] | None = None) -> list[tuple[str, list[str]]]:
+    """(operation name, commands) for every operation `run()` adds on a host in `snapshot`.
+
+    `snapshot` may be a callable, evaluated inside the host context (after secrets exist);
+    `hosts`, `data` and `limit` shape the pyinfra inventory as `--data`/`--limit` would.
+    """
+    inventory = PyinfraInventory((hosts or [host_name], data or {}))
+    state = State(inventory, Config())
+    if limit is not None:
+        state.limit_hosts = [inventory.get_host(name) for name in limit]
     state.set_stage(StateStage.Prepare)
     host = state.inventory.get_host(host_name)
     forget_host(host.name)
+    current: dict[str, Snapshot] = {}
 
     def get_fact(cls, *args, **kwargs):
         if cls is HostState:
-            return snapshot
+            if "snapshot" not in current:
+                current["snapshot"] = snapshot() if callable(snapshot) else snapshot
+            return current["snapshot"]
         if cls is TmpDir:
             return "/tmp"
         if cls is LinuxDistribution:
             return {"name": "Debian", "release_meta": os_release or {"ID": "debian"}}
         raise AssertionError(f"unexpected fact {cls.__name__}: the deploy must read the batched snapshot")
 
+    prefixes = (prefix,) if isinstance(prefix, str) else prefix
     with patch.object(type(host), "get_fact", lambda self, cls, *a, **kw: get_fact(cls, *a, **kw)), \
             ctx_state.use(state), ctx_host.use(host):
         run()
         result = []
         for op_hash in state.get_op_order():
-            name = ", ".join(state.get_op_meta(op_hash).names).removeprefix(prefix)
+            name = ", ".join(state.get_op_meta(op_hash).names)
+            for p in prefixes:
+                name = name.removeprefix(p)
             generator = state.get_op_data_for_host(host, op_hash).command_generator
             result.append((name, [command_text(c) for c in generator()]))
     forget_host(host.name)

@@ -14,20 +14,17 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from unittest.mock import patch
 
 import pytest
-from pyinfra.api import Config, FileUploadCommand, State, StringCommand
-from pyinfra.api import Inventory as PyinfraInventory
-from pyinfra.api.state import StateStage
-from pyinfra.context import ctx_host, ctx_state
-from pyinfra.facts.server import TmpDir
 
-from deploys import keys, ops
+from deploys import keys
 from deploys import router as deploy_router
-from deploys.state import HostState, PathState, Probe, Snapshot, UnitState, UserState
+from deploys.secrets import ensure_secret
+from deploys.state import PathState, Probe, Snapshot, UnitState, UserState
 from inventory.load import load_inventory
 from inventory.model import Inventory
+from tests.deploy_harness import changes
+from tests.deploy_harness import plan as run_plan
 
 REPO = Path(__file__).resolve().parent.parent
 CPUS = 2
@@ -201,54 +198,20 @@ def converged_snapshot(inv: Inventory) -> Snapshot:
 def plan(inv: Inventory, snapshot: Snapshot | None = None, data: dict | None = None,
          finish: bool = False, limit: list[str] | None = None) -> list[tuple[str, list]]:
     """(operation name, commands) of the router deploy (and finish_rotation) on p620 in `snapshot`."""
-    pyinfra_inventory = PyinfraInventory((["p620", "razer"], data or {}))
-    state = State(pyinfra_inventory, Config())
-    if limit is not None:
-        state.limit_hosts = [pyinfra_inventory.get_host(name) for name in limit]
-    state.set_stage(StateStage.Prepare)
-    host = state.inventory.get_host("p620")
-    ops._manifests.pop(host.name, None)
-    getattr(ops, "_snapshots", {}).pop(host.name, None)
-    # The converged snapshot needs the secrets first: build it inside the host context.
-    facts: dict = {}
 
-    def get_fact(cls, *args, **kwargs):
-        if cls is HostState:
-            return facts["snapshot"]
-        if cls is TmpDir:
-            return "/tmp"
-        raise AssertionError(f"unexpected fact {cls.__name__}: the deploy must read the batched snapshot")
-
-    with patch.object(type(host), "get_fact", lambda self, cls, *a, **kw: get_fact(cls, *a, **kw)), \
-            ctx_state.use(state), ctx_host.use(host):
+    def run() -> None:
         keys.keyring(inv)  # creates the client keys
-        from deploys.secrets import ensure_secret
         ensure_secret(inv, "litellm-master-key")
-        facts["snapshot"] = snapshot(inv) if callable(snapshot) else (snapshot or Snapshot())
         deploy_router.router(inv, inv.hosts["p620"])
         if finish:
             keys.finish_rotation(inv, inv.hosts["p620"])
-        result = []
-        for op_hash in state.get_op_order():
-            name = ", ".join(state.get_op_meta(op_hash).names).removeprefix("LiteLLM router | ")
-            name = name.removeprefix("Finish router key rotation | ")
-            generator = state.get_op_data_for_host(host, op_hash).command_generator
-            result.append((name, [_command_text(c) for c in generator()]))
-    ops._manifests.pop(host.name, None)
-    getattr(ops, "_snapshots", {}).pop(host.name, None)
-    return result
 
+    # The converged snapshot needs the secrets first: it is built inside the host context.
+    def current() -> Snapshot:
+        return snapshot(inv) if callable(snapshot) else (snapshot or Snapshot())
 
-def _command_text(command) -> str:
-    if isinstance(command, FileUploadCommand):
-        return f"upload -> {command.dest}"
-    if isinstance(command, StringCommand):
-        return command.get_raw_value()
-    return str(command)
-
-
-def changes(steps: list[tuple[str, list]]) -> dict[str, list]:
-    return {name: commands for name, commands in steps if commands}
+    return run_plan(run, "p620", current, hosts=["p620", "razer"], data=data, limit=limit,
+                    prefix=("LiteLLM router | ", "Finish router key rotation | "))
 
 
 def _with_paths(snapshot: Snapshot, **paths: PathState) -> Snapshot:
@@ -379,9 +342,10 @@ def test_secrets_are_written_beside_and_renamed_over_never_in_place(inv):
                                     ("Router: master key (systemd credential)", deploy_router.MASTER_KEY_FILE,
                                      "600", "root")):
         assert steps[name] == [
-            f"rm -f {path}.new && install -m 600 -o root -g root /dev/null {path}.new",
-            f"upload -> {path}.new",
-            f"chown root:{group} {path}.new && chmod {mode} {path}.new && mv -f {path}.new {path}",
+            f"rm -f {path}.llm-router-new && install -m 600 /dev/null {path}.llm-router-new",
+            f"upload -> {path}.llm-router-new",
+            (f"chown root:{group} {path}.llm-router-new && chmod {mode} {path}.llm-router-new && "
+            f"mv -f {path}.llm-router-new {path}"),
         ]
 
 

@@ -40,7 +40,7 @@ def test_up_to_date_file_is_a_noop_and_mode_drift_is_only_a_chmod():
 
 def test_new_file_is_uploaded_into_a_0600_temp_file_and_content_is_not_in_commands():
     [commands] = run(Snapshot(), declare_and(lambda: ops.file("/etc/s", SECRET, mode="600", secret=True))).values()
-    assert commands[0] == "install -m 600 /dev/null /etc/s.llm-router-new"
+    assert commands[0] == "rm -f /etc/s.llm-router-new && install -m 600 /dev/null /etc/s.llm-router-new"
     assert commands[1].startswith("upload ") and commands[1].endswith("-> /etc/s.llm-router-new")
     assert commands[2] == ("chown root:root /etc/s.llm-router-new && chmod 600 /etc/s.llm-router-new && "
                            "mv -f /etc/s.llm-router-new /etc/s")
