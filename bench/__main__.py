@@ -27,11 +27,11 @@ from ruamel.yaml import YAML
 
 from lab import core as lab_core
 from lab.artifacts import prepare_artifacts
-from lab.config import LAB_KEY_PATH
+from lab.config import LAB_KEY_PATH, lab_inventory_path
 from lab.variants import write_variant
 
 REPO = Path(__file__).resolve().parent.parent
-LAB_INVENTORY = Path(os.environ.get("LAB_INVENTORY") or REPO / "inventory" / "lab.yaml")
+LAB_INVENTORY = lab_inventory_path()
 BENCH_DIR = REPO / ".cache" / "bench"
 STATE_DUMP_ENV = "LLM_ROUTER_STATE_DUMP"  # deploys/ops.py writes each host's state command here
 

@@ -9,6 +9,8 @@ import sys
 import time
 
 from lab import core
+from lab.artifacts import prepare_artifacts
+from lab.config import lab_inventory_path
 from lab.image import ensure_rootfs
 
 
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             started = time.monotonic()
             result = core.up()
+            # What the lab's deploy uploads: the Ollama stand-in release and the LiteLLM wheelhouse.
+            prepare_artifacts(lab_inventory_path())
             report = core.status()
             _print_status(report)
             verb = "already up" if result["reused"] else "up"

@@ -144,10 +144,14 @@ def _plain_address(value: object) -> str | None:
     return str(value).split("/")[0]
 
 
+def lab_inventory_path() -> Path:
+    """inventory/lab.yaml, or the variant named by $LAB_INVENTORY."""
+    return Path(os.environ["LAB_INVENTORY"]) if os.environ.get("LAB_INVENTORY") else INVENTORY_PATH
+
+
 def load_config() -> LabConfig:
     """The configuration of this lab instance: environment overrides on top of the defaults."""
-    inventory = Path(os.environ["LAB_INVENTORY"]) if os.environ.get("LAB_INVENTORY") else INVENTORY_PATH
-    hosts = hosts_from_inventory(inventory) or FALLBACK_HOSTS
+    hosts = hosts_from_inventory(lab_inventory_path()) or FALLBACK_HOSTS
     return LabConfig(
         prefix=validate_prefix(os.environ.get("LAB_PREFIX", DEFAULT_PREFIX)),
         lan_subnet=os.environ.get("LAB_LAN_SUBNET", DEFAULT_LAN_SUBNET),

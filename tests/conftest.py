@@ -23,7 +23,7 @@ import pytest
 
 from lab import core
 from lab.artifacts import prepare_artifacts
-from lab.config import CACHE_DIR, LabConfig, load_config
+from lab.config import CACHE_DIR, LabConfig, lab_inventory_path, load_config
 from lab.topology import Topology, build_topology
 
 
@@ -109,7 +109,7 @@ def lab() -> Iterator[RunningLab]:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # LAB_INVENTORY (with LAB_PREFIX and the LAB_*_SUBNET variables) points the tests at another lab instance.
-LAB_INVENTORY = Path(os.environ.get("LAB_INVENTORY") or REPO_ROOT / "inventory" / "lab.yaml")
+LAB_INVENTORY = lab_inventory_path()
 _GRAND_TOTAL = re.compile(r"^\s*Grand total\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)", re.MULTILINE)
 
 
