@@ -31,12 +31,11 @@ from typing import Any
 import pytest
 
 from lab.claude_code import CLAUDE_CODE_VERSION, INSTALLED_PATH, ensure_layer
+from tests.test_client_scripts import ROUTER_KEY, make_sandbox
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = REPO_ROOT / "templates" / "client" / "claude_router.py"
 COMMANDS_DIR = REPO_ROOT / "templates" / "client" / "commands"
 PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else "python3"
-ROUTER_KEY = "sk-router-cli-test"
 ANSWER = "Hi from the fake router"
 
 
@@ -240,34 +239,14 @@ class Client:
 
 
 def make_client(base: Path, claude: Path, router_url: str) -> Client:
-    home, bin_dir, repo = base / "home", base / "bin", base / "repo"
-    for directory in (home, bin_dir, repo):
-        directory.mkdir(parents=True)
-    for name in ("claude-router", "claude-router-key"):
-        (bin_dir / name).symlink_to(SCRIPT)
-    subprocess.run(
-        ["git", "init", "-q", str(repo)], check=True, env={"HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
-    )
-    key_file = home / ".config" / "claude-router" / "key"
-    key_file.parent.mkdir(parents=True)
-    key_file.write_text(ROUTER_KEY + "\n")
-    key_file.chmod(0o600)
-    config = base / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "router_url": router_url,
-                "default_model": "claude-sonnet-4-6",
-                "models": ["claude-sonnet-4-6"],
-                "small_fast_model": "claude-sonnet-4-6",
-                "key_file": "~/.config/claude-router/key",
-                "anthropic_key_file": None,
-                # The deploy installs /usr/local/bin/claude-router-key; here it lives in the sandbox.
-                "helper_command": str(bin_dir / "claude-router-key"),
-            }
-        )
-    )
-    return Client(home=home, bin=bin_dir, config=config, repo=repo, claude_path=claude)
+    """The claude-router sandbox of test_client_scripts, configured for the real CLI."""
+    sandbox = make_sandbox(base)
+    (sandbox.home / ".config" / "claude-router" / "key").chmod(0o600)
+    # The deploy installs /usr/local/bin/claude-router-key; here it lives in the sandbox.
+    sandbox.write_config(router_url=router_url, models=["claude-sonnet-4-6"], small_fast_model="claude-sonnet-4-6",
+                         helper_command=str(sandbox.bin / "claude-router-key"))
+    return Client(home=sandbox.home, bin=sandbox.bin, config=sandbox.config_path, repo=sandbox.repo,
+                  claude_path=claude)
 
 
 def model_requests(recorder: Recorder) -> list[dict[str, Any]]:
