@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
+from facts.units import parse_unit_blocks
+
 # Field separator that cannot appear in paths we manage.
 SEP = "\x1f"
 
@@ -110,22 +112,11 @@ def parse_state(lines: list[str]) -> Snapshot:
     groups: frozenset[str] = frozenset()
     commands: set[str] = set()
     probes: dict[str, Probe] = {}
-    unit_block: dict[str, str] = {}
-
-    def flush_unit() -> None:
-        if "Id" in unit_block:
-            units[unit_block["Id"]] = UnitState(
-                unit_block.get("LoadState", ""), unit_block.get("ActiveState", ""),
-                unit_block.get("UnitFileState", ""),
-            )
-        unit_block.clear()
+    unit_lines: list[str] = []
 
     for line in lines:
         if line.startswith("U="):
-            key, _, value = line[2:].partition("=")
-            if key == "Id" and unit_block:
-                flush_unit()
-            unit_block[key] = value
+            unit_lines.append(line[2:])
             continue
         tag, *fields = line.split(SEP)
         if tag == "P" and len(fields) >= 7:
@@ -141,7 +132,9 @@ def parse_state(lines: list[str]) -> Snapshot:
         elif tag == "R" and len(fields) == 3:
             name, status, encoded = fields
             probes[name] = Probe(int(status), base64.b64decode(encoded).decode(errors="replace"))
-    flush_unit()
+    # systemctl's blocks, parsed by the same code as the UnitStates fact.
+    for unit_id, unit in parse_unit_blocks(unit_lines).items():
+        units[unit_id] = UnitState(unit.load_state or "", unit.active_state or "", unit.unit_file_state or "")
     return Snapshot(paths, units, users, groups, frozenset(commands), probes)
 
 

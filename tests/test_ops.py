@@ -117,3 +117,12 @@ def test_state_command_round_trip(tmp_path):
     assert snap.users["root"].uid == 0 and "root" in snap.groups
     assert snap.commands == frozenset({"sh"})
     assert snap.probes["probe"] == Probe(3, "a\nb")
+
+
+def test_unit_blocks_are_parsed_whatever_the_property_order():
+    """systemctl prints properties in its own order; blocks are separated by blank lines."""
+    lines = ["U=LoadState=loaded", "U=Id=ollama.service", "U=ActiveState=active", "U=UnitFileState=enabled", "U=",
+             "U=Id=gone.service", "U=LoadState=not-found", "U=ActiveState=inactive", "U=UnitFileState="]
+    units = parse_state(lines).units
+    assert units["ollama.service"] == UnitState("loaded", "active", "enabled")
+    assert units["gone.service"] == UnitState("not-found", "inactive", "")
