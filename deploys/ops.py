@@ -88,7 +88,7 @@ def _dump_state_command(arguments: dict) -> None:
     path.write_text(json.dumps(commands, indent=1))
 
 
-def _show_diff(path: str, new: bytes, existed: bool) -> None:
+def show_diff(path: str, new: bytes, existed: bool) -> None:
     if not state.config.DIFF:
         return
     host.log(f"Will {'modify' if existed else 'create'} {path}", logger.info)
@@ -119,7 +119,7 @@ def file(path: str, content: str | bytes, mode: str = "644", user: str = "root",
             host.log(f"Will {'update' if current.kind == 'file' else 'create'} secret {path} (content not shown)",
                      logger.info)
         elif not secret:
-            _show_diff(path, data, current.kind == "file")
+            show_diff(path, data, current.kind == "file")
         # Upload into a 0600 file beside the target, set owner and mode, then rename it over the target:
         # readers see the old file or the whole new one, and a secret is never readable by others.
         # (pyinfra's own remote_temp_filename is only used with sudo.)

@@ -442,7 +442,7 @@ def staged_file(spec: StagedFile, content: str):
         else:
             current_host.noop(f"{spec.live} is up to date")
         return
-    ops._show_diff(spec.live, data, live.kind == "file")
+    ops.show_diff(spec.live, data, live.kind == "file")
     temp = current_host.get_temp_filename(spec.staged)
     yield f"install -m 600 /dev/null {shlex.quote(temp)}"
     yield FileUploadCommand(io.BytesIO(data), spec.staged, remote_temp_filename=temp)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from checks.observe import probe
 from inventory.load import load_inventory
 from lab import core as lab_core
 from lab.config import load_config
@@ -30,10 +31,8 @@ def in_lab(name: str, command: str, timeout: float = 60) -> subprocess.Completed
 
 
 def tcp(name: str, address: str, port: int) -> str:
-    """'open' or 'refused' from a lab host or peer (bash's /dev/tcp: nothing to install)."""
-    done = in_lab(name, f"timeout 3 bash -c 'exec 3<>/dev/tcp/{address}/{port}' 2>/dev/null && echo open "
-                        "|| echo refused")
-    return done.stdout.strip()
+    """'open' or 'refused' from a lab host or peer: the same probe `python -m checks` runs."""
+    return probe([sys.executable, "-m", "lab", "exec", name, "--"], address, port)
 
 
 def run_checks(*args: str) -> tuple[int, list[dict]]:

@@ -46,7 +46,7 @@ INVENTORIES = [REPO / "inventory" / "lab.yaml", REPO / "inventory" / "homelab.ya
 
 
 @pytest.fixture(scope="module")
-def lab():
+def lab_inventory():
     return load_inventory(REPO / "inventory" / "lab.yaml")
 
 
@@ -103,8 +103,8 @@ def test_model_info_carries_the_catalogue_context_and_capabilities(inv, host) ->
         assert entry["litellm_params"].get("num_ctx") == expected_num_ctx
 
 
-def test_lab_has_wildcards_for_claude_codes_dated_ids(lab) -> None:
-    names = list(entries_by_name(build_litellm_config(lab, "p620")))
+def test_lab_has_wildcards_for_claude_codes_dated_ids(lab_inventory) -> None:
+    names = list(entries_by_name(build_litellm_config(lab_inventory, "p620")))
     assert resolve_like_litellm(names, "claude-haiku-4-5-20251001") == "claude-haiku-*"
     assert resolve_like_litellm(names, "claude-sonnet-4-6-20260101") == "claude-sonnet-*"
     assert resolve_like_litellm(names, "claude-sonnet-4-6") == "claude-sonnet-4-6"  # exact beats pattern
@@ -129,15 +129,15 @@ def test_inventory_and_litellm_agree_on_claude_code_ids(inv, host) -> None:
         assert (alias_table(host.server)[chosen] if chosen else None) == expected, requested
 
 
-def test_uncatalogued_model_gets_server_context_and_no_thinking(lab) -> None:
-    server = lab.hosts["p620"].server
-    entry = catalogue_entry(lab, server, "mystery:7b")
+def test_uncatalogued_model_gets_server_context_and_no_thinking(lab_inventory) -> None:
+    server = lab_inventory.hosts["p620"].server
+    entry = catalogue_entry(lab_inventory, server, "mystery:7b")
     assert entry.context_length == server.ollama.context_length
     assert Capability.thinking not in entry.capabilities
 
 
-def test_api_base_follows_the_ollama_bind(lab) -> None:
-    server = lab.hosts["p620"].server
+def test_api_base_follows_the_ollama_bind(lab_inventory) -> None:
+    server = lab_inventory.hosts["p620"].server
     v6 = server.model_copy(update={"ollama": server.ollama.model_copy(update={"bind": "::1", "port": 11500})})
     assert ollama_api_base(v6) == "http://[::1]:11500"
 
@@ -145,15 +145,15 @@ def test_api_base_follows_the_ollama_bind(lab) -> None:
 # --- settings and YAML --------------------------------------------------------------------------
 
 
-def test_settings_reference_the_key_and_hook_and_keep_requests_cheap(lab) -> None:
-    config = build_litellm_config(lab, "p620")
+def test_settings_reference_the_key_and_hook_and_keep_requests_cheap(lab_inventory) -> None:
+    config = build_litellm_config(lab_inventory, "p620")
     general, settings = config["general_settings"], config["litellm_settings"]
     assert general["master_key"] == "os.environ/LITELLM_MASTER_KEY"
     assert general["custom_auth"] == AUTH_HOOK_FUNCTION
     for callbacks in ("callbacks", "success_callback", "failure_callback"):
         assert settings[callbacks] == []
     assert settings["set_verbose"] is False
-    assert settings["drop_params"] is lab.hosts["p620"].server.router.drop_params
+    assert settings["drop_params"] is lab_inventory.hosts["p620"].server.router.drop_params
     assert config["router_settings"]["disable_cooldowns"] is True
 
 
@@ -164,8 +164,8 @@ def test_the_custom_auth_hook_exists_where_litellm_will_look() -> None:
     assert hooks and [a.arg for a in hooks[0].args.args] == ["request", "api_key"]
 
 
-def test_yaml_dump_round_trips_and_holds_no_secret(lab) -> None:
-    config = build_litellm_config(lab, "p620")
+def test_yaml_dump_round_trips_and_holds_no_secret(lab_inventory) -> None:
+    config = build_litellm_config(lab_inventory, "p620")
     text = dump_config_yaml(config)
     assert yaml.safe_load(text) == config  # what LiteLLM (PyYAML) reads is what we built
     assert "sk-" not in text
@@ -205,13 +205,13 @@ def test_size_bytes() -> None:
 # --- process and unit -----------------------------------------------------------------------------
 
 
-def test_command_runs_the_launcher_with_litellms_flags(lab) -> None:
+def test_command_runs_the_launcher_with_litellms_flags(lab_inventory) -> None:
     layout = RouterLayout()
-    argv = router_command(lab.hosts["p620"].server, 3, layout)
+    argv = router_command(lab_inventory.hosts["p620"].server, 3, layout)
     assert argv[:3] == [f"{layout.current_venv}/bin/python", "-I", layout.launcher_file]
     flags = dict(zip(argv[3::2], argv[4::2], strict=True))
     assert flags == {"--config": layout.config_file, "--host": "0.0.0.0", "--port": "4000", "--num_workers": "3"}
-    check = router_command(lab.hosts["p620"].server, 1, layout, venv="/opt/llm-router/venv-new",
+    check = router_command(lab_inventory.hosts["p620"].server, 1, layout, venv="/opt/llm-router/venv-new",
                            config_file="/etc/llm-router/next/config.yaml", bind="127.0.0.1", port=4001)
     assert check[0] == "/opt/llm-router/venv-new/bin/python"
     assert check[check.index("--port") + 1] == "4001" and check[check.index("--host") + 1] == "127.0.0.1"
@@ -235,19 +235,19 @@ def test_systemd_quote() -> None:
     assert systemd_quote("") == '""'
 
 
-def render_unit(lab, cpu_count: int = 8) -> str:
-    return render("router/llm-router.service.j2", **router_unit_context(lab, "p620", cpu_count))
+def render_unit(lab_inventory, cpu_count: int = 8) -> str:
+    return render("router/llm-router.service.j2", **router_unit_context(lab_inventory, "p620", cpu_count))
 
 
 def unit_directives(text: str) -> list[tuple[str, str]]:
     return [tuple(line.split("=", 1)) for line in text.splitlines() if "=" in line and not line.startswith("#")]
 
 
-def test_unit_prints_the_computed_values(lab) -> None:
-    context = router_unit_context(lab, "p620", cpu_count=2)
+def test_unit_prints_the_computed_values(lab_inventory) -> None:
+    context = router_unit_context(lab_inventory, "p620", cpu_count=2)
     directives = unit_directives(render("router/llm-router.service.j2", **context))
     values = dict(directives)
-    server = lab.hosts["p620"].server
+    server = lab_inventory.hosts["p620"].server
     assert values["ExecStart"] == context["exec_start"]
     assert "--num_workers 2" in values["ExecStart"]
     assert values["MemoryMax"] == server.router.memory_max
@@ -263,15 +263,15 @@ def test_unit_prints_the_computed_values(lab) -> None:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-def test_unit_exposure_within_the_inventory_bound(lab, tmp_path: Path) -> None:
+def test_unit_exposure_within_the_inventory_bound(lab_inventory, tmp_path: Path) -> None:
     unit = tmp_path / "llm-router.service"
-    unit.write_text(render_unit(lab))
+    unit.write_text(render_unit(lab_inventory))
     result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit)],
                             check=False, capture_output=True, text=True)
     line = next(l for l in result.stdout.splitlines() if "Overall exposure level" in l)
     exposure = float(line.split(":")[1].split()[0])
     print(f"\nsystemd-analyze security (offline): {line.strip()}")
-    assert exposure <= lab.hosts["p620"].server.router.security_exposure_max
+    assert exposure <= lab_inventory.hosts["p620"].server.router.security_exposure_max
 
 
 # --- the launcher (stdlib only, so importable here) ------------------------------------------------
