@@ -7,14 +7,16 @@ per user, the key (0600), the slash commands and the apiKeyHelper registration.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from pathlib import Path
 
-from pyinfra import host
-from pyinfra.api import deploy, operation
+from pyinfra import host, logger, state
+from pyinfra.api import FileUploadCommand, deploy, operation
 
 from deploys import keys, ops
+from deploys.exposure import CADDY_ROOT_CA, caddy_root_ca_copy
 from deploys.render import TEMPLATES
 from deploys.secrets import read_secret
 from inventory.derive import exact_aliases, router_route
@@ -27,6 +29,12 @@ CONFIG_FILE = f"{CONFIG_DIR}/config.json"
 KEY_FILE = "~/.config/claude-router/key"
 ANTHROPIC_KEY_FILE = "~/.config/claude-router/anthropic-key"
 COMMANDS = ("use-ollama.md", "use-claude.md", "use-default.md")
+# Debian's update-ca-certificates picks up *.crt here; the name says which server's Caddy it is.
+CA_DIR = "/usr/local/share/ca-certificates"
+
+
+def caddy_ca_path(server_name: str) -> str:
+    return f"{CA_DIR}/llm-router-{server_name}-caddy.crt"
 CLIENT_TEMPLATES = TEMPLATES / "client"
 
 
@@ -37,8 +45,9 @@ def client_config(inv: Inventory, host_model: Host) -> dict:
     assert server is not None
     names = exact_aliases(server)
     small = next((n for n in names if "haiku" in n), host_model.client.default_model)
-    return {
-        "router_url": router_route(inv, host_model).url,
+    route = router_route(inv, host_model)
+    config = {
+        "router_url": route.url,
         "default_model": host_model.client.default_model,
         "models": names,
         "small_fast_model": small,
@@ -48,6 +57,10 @@ def client_config(inv: Inventory, host_model: Host) -> dict:
         "disable_nonessential_traffic": True,
         "helper_command": KEY_HELPER,
     }
+    if route.caddy_ca_of:
+        # Claude Code (Bun) does not read the system store: use-ollama points NODE_EXTRA_CA_CERTS here.
+        config["ca_file"] = caddy_ca_path(route.caddy_ca_of)
+    return config
 
 
 def user_paths(user: ClientUser) -> dict[str, str]:
@@ -71,7 +84,7 @@ def helper_probe(user: ClientUser) -> str:
 
 def declare(inv: Inventory, host_model: Host) -> None:
     assert host_model.client is not None
-    paths = [PROGRAM, KEY_HELPER, CONFIG_DIR, CONFIG_FILE]
+    paths = [PROGRAM, KEY_HELPER, CONFIG_DIR, CONFIG_FILE, caddy_ca_path(host_model.client.router)]
     for user in host_model.client.users:
         p = user_paths(user)
         paths += [p["claude_dir"], p["commands_dir"], p["config_dir"], p["key_dir"], p["key"], p["anthropic_key"]]
@@ -91,6 +104,45 @@ def api_key_helper_registered(user: ClientUser):
     yield f"runuser -u {shlex.quote(user.name)} -- {PROGRAM} register-helper --settings {settings} --command {KEY_HELPER}"
 
 
+def _sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+@operation()
+def caddy_ca_trusted(server_name: str, local_copy: Path):
+    """The server's Caddy root CA in the system store (update-ca-certificates).
+
+    The certificate comes from the workstation copy that the server's deploy exports earlier in the
+    same apply (Caddy creates its CA at first start), so the upload reads that file only when it runs.
+    """
+    target = caddy_ca_path(server_name)
+    current = ops.snapshot().path(target)
+    local_sha = _sha256(local_copy)
+    server_state = ops.cached_snapshot(server_name)
+    server_sha = server_state.path(CADDY_ROOT_CA).sha256 if server_state is not None else None
+    expected = server_sha or local_sha
+    if expected is not None and current.sha256 == expected == local_sha:
+        host.noop(f"{target} is {server_name}'s Caddy root CA")
+        return
+    if state.config.DIFF:
+        host.log(f"Will trust {server_name}'s Caddy root CA as {target}"
+                 + ("" if local_sha == expected else " (exported from the server during this apply)"), logger.info)
+    temp = shlex.quote(f"{target}.llm-router-new")
+    yield f"install -d -m 755 {CA_DIR} && rm -f {temp}"
+    yield FileUploadCommand(str(local_copy), f"{target}.llm-router-new")
+    yield (f"openssl x509 -noout -in {temp} && chmod 644 {temp} && mv -f {temp} {shlex.quote(target)} && "
+           "update-ca-certificates >/dev/null")
+
+
+@operation()
+def caddy_ca_untrusted(server_name: str):
+    target = caddy_ca_path(server_name)
+    if ops.snapshot().path(target).kind == "absent":
+        host.noop(f"no Caddy root CA of {server_name} trusted")
+        return
+    yield f"rm -f {shlex.quote(target)} && update-ca-certificates --fresh >/dev/null"
+
+
 @deploy("Claude Code client")
 def client(inv: Inventory, host_model: Host) -> None:
     assert host_model.client is not None
@@ -100,6 +152,12 @@ def client(inv: Inventory, host_model: Host) -> None:
     ops.directory(CONFIG_DIR, mode="755", name=CONFIG_DIR)
     ops.file(CONFIG_FILE, json.dumps(client_config(inv, host_model), indent=2) + "\n", mode="644",
              name=f"{CONFIG_FILE} (router URL and aliases)")
+    route = router_route(inv, host_model)
+    if route.caddy_ca_of:
+        caddy_ca_trusted(route.caddy_ca_of, caddy_root_ca_copy(inv, route.caddy_ca_of),
+                         name=f"Trust {route.caddy_ca_of}'s Caddy root CA")
+    else:
+        caddy_ca_untrusted(host_model.client.router, name=f"No Caddy root CA of {host_model.client.router}")
     key = keys.client_key(inv, host_model)
     for user in host_model.client.users:
         p = user_paths(user)

@@ -10,11 +10,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import re
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import deploy, operation
+from pyinfra.api import FileDownloadCommand, deploy, operation
 from pyinfra.api.exceptions import DeployError
 
 from deploys import ops
@@ -40,6 +44,24 @@ BOOT_UNIT_PATH = f"/etc/systemd/system/{BOOT_UNIT}"
 SERVE_UNIT = "llm-router-tailscale-serve.service"
 SERVE_UNIT_PATH = f"/etc/systemd/system/{SERVE_UNIT}"
 CADDYFILE = "/etc/caddy/Caddyfile"
+# The admin's own Caddyfile (Debian ships a default one), kept once before ours replaces it.
+CADDYFILE_ORIGINAL = "/etc/caddy/Caddyfile.llm-router-orig"
+CADDY_MARKER_LINE = "# Managed by llm-router-deploy"
+# Written when we enabled caddy.service, so turning Caddy off disables it only if it was ours to enable.
+CADDY_ENABLED_MARKER = "/etc/caddy/.llm-router-enabled-caddy"
+# Caddy binds the tailnet address, which exists only once tailscaled is up: order after it, retry.
+CADDY_DROP_IN = "/etc/systemd/system/caddy.service.d/llm-router.conf"
+CADDY_DROP_IN_TEXT = """# Managed by llm-router-deploy: Caddy binds the tailnet address, which appears with tailscaled.
+[Unit]
+Wants=network-online.target
+After=network-online.target tailscaled.service
+StartLimitIntervalSec=0
+
+[Service]
+Restart=on-failure
+RestartSec=3s
+"""
+# Debian's caddy.service runs as user caddy with HOME=/var/lib/caddy; `tls internal` keeps its CA here.
 CADDY_ROOT_CA = "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
 ROUTER_UNIT = "llm-router.service"
 
@@ -50,6 +72,8 @@ PROBE_NFT_TABLE = "nft_table"
 PROBE_NFT_INCLUDE = "nft_include"
 PROBE_SERVE = "tailscale_serve"
 PROBE_UFW = "ufw_status"
+PROBE_FIREWALLD = "firewalld_ports"
+PROBE_CADDYFILE_OURS = "caddyfile_ours"
 
 
 # --- pure values -------------------------------------------------------------------
@@ -60,21 +84,41 @@ class PortRule:
     port: int
     interfaces: tuple[str, ...]
     comment: str
+    address: str | None = None  # only packets to this local address (None: every address)
+
+    @property
+    def address_match(self) -> str:
+        if self.address is None:
+            return ""
+        return f"{'ip6' if ipaddress.ip_address(self.address).version == 6 else 'ip'} daddr {self.address} "
 
 
 def port_rules(host_model: Host) -> list[PortRule]:
     server = host_model.server
     assert server is not None
-    return [
+    rules = [
         PortRule(server.router.port, tuple(router_interfaces(host_model)),
                  "router: loopback, tailnet and LAN only"),
         PortRule(server.ollama.port, ("lo",), "Ollama: loopback only (it has no authentication)"),
     ]
+    tailnet_address, tailnet_interface = host_model.network.tailnet_address, host_model.network.tailnet_interface
+    if tailnet_address is not None and tailnet_interface:
+        # The HTTPS front on the tailnet address answers only tailnet peers: Linux would otherwise accept
+        # a LAN or public peer that routes to the tailnet address. Other addresses' port 443 are not ours.
+        fronts = []
+        if server.exposure.caddy.enabled:
+            fronts.append(("Caddy", server.exposure.caddy.https_port))
+        if server.exposure.tailscale_serve.enabled:
+            fronts.append(("tailscale serve", server.exposure.tailscale_serve.https_port))
+        rules += [PortRule(port, ("lo", tailnet_interface), f"{name}: the tailnet only", str(tailnet_address))
+                  for name, port in fronts]
+    return rules
 
 
 def nft_ruleset(host_model: Host) -> str:
     rules = [
-        {"port": r.port, "interfaces": [f'"{i}"' for i in r.interfaces], "comment": r.comment}
+        {"port": r.port, "interfaces": [f'"{i}"' for i in r.interfaces], "comment": r.comment,
+         "address_match": r.address_match}
         for r in port_rules(host_model)
     ]
     return render("exposure/llm-router.nft.j2", family=NFT_FAMILY, table=NFT_TABLE, priority=NFT_PRIORITY,
@@ -115,7 +159,12 @@ def caddyfile(host_model: Host) -> str:
         raise DeployError(f"{host_model.name}: caddy listens only on the tailnet: set network.tailnet_address")
     sites = [{"name": name, "port": caddy.https_port, "bind": bind, "path": caddy.path,
               "upstream": f"127.0.0.1:{server.router.port}"} for name in caddy.site_names]
-    return render("exposure/Caddyfile.j2", sites=sites)
+    return render("exposure/Caddyfile.j2", sites=sites, marker=CADDY_MARKER_LINE)
+
+
+def caddy_root_ca_copy(inv: Inventory, server_name: str) -> Path:
+    """Where the workstation keeps the server's Caddy root CA certificate (public) for client deploys."""
+    return inv.secrets_path / "ca" / f"{server_name}-caddy-root.crt"
 
 
 def boot_unit() -> str:
@@ -126,7 +175,13 @@ def choose_firewall(configured: str, active_units: set[str], commands: set[str],
     """The firewall backend to manage: the configured one, or what the host runs."""
     if configured != "auto":
         return configured
-    if "firewalld.service" in active_units:
+    firewalld_active = "firewalld.service" in active_units
+    if firewalld_active and ufw_active:
+        raise DeployError(
+            "both firewalld and ufw are active on this host, so neither is in charge: keep one "
+            "(systemctl disable --now firewalld, or ufw disable) or set server.exposure.firewall"
+        )
+    if firewalld_active:
         return "firewalld"
     if ufw_active:
         return "ufw"
@@ -136,6 +191,49 @@ def choose_firewall(configured: str, active_units: set[str], commands: set[str],
         "cannot tell which firewall this host uses and `nft` is not installed: install nftables "
         "(apt install nftables) or set server.exposure.firewall (nftables, firewalld, ufw or none)"
     )
+
+
+def firewalld_probe(port: int, interfaces: tuple[str, ...]) -> str:
+    """One line per interface: `<interface> <zone> <runtime yes|no> <permanent yes|no>` for the port.
+
+    An interface bound to no zone is in the default zone (firewalld's own rule)."""
+    quoted = " ".join(shlex.quote(i) for i in interfaces)
+    return (f"systemctl is-active -q firewalld.service || exit 0; for i in {quoted}; do "
+            f"z=$(firewall-cmd --get-zone-of-interface=\"$i\" 2>/dev/null) || z=$(firewall-cmd --get-default-zone)"
+            f" || exit 1; echo \"$i $z $(firewall-cmd --zone=\"$z\" --query-port={port}/tcp) "
+            f"$(firewall-cmd --permanent --zone=\"$z\" --query-port={port}/tcp)\"; done")
+
+
+def firewalld_missing(probe_output: str, interfaces: tuple[str, ...]) -> list[tuple[str, bool, bool]]:
+    """(zone, runtime missing, permanent missing) for each zone of the interfaces lacking the port."""
+    seen: dict[str, tuple[str, str]] = {}
+    zone_of: dict[str, str] = {}
+    for line in probe_output.splitlines():
+        words = line.split()
+        if len(words) == 4:
+            zone_of[words[0]] = words[1]
+            seen[words[1]] = (words[2], words[3])
+    unknown = [i for i in interfaces if i not in zone_of]
+    if unknown:
+        raise DeployError(f"firewalld did not say which zone {', '.join(unknown)} is in (is firewalld running? "
+                          "systemctl enable --now firewalld, or set server.exposure.firewall to nftables)")
+    missing = []
+    for zone in dict.fromkeys(zone_of[i] for i in interfaces):
+        runtime, permanent = seen[zone]
+        if runtime != "yes" or permanent != "yes":
+            missing.append((zone, runtime != "yes", permanent != "yes"))
+    return missing
+
+
+def opened_interfaces(host_model: Host) -> tuple[str, ...]:
+    """The interfaces a host firewall (firewalld, ufw) must open the router port on: loopback is always open."""
+    return tuple(i for i in router_interfaces(host_model) if i != "lo")
+
+
+def ufw_allows(status_output: str, port: int, interface: str) -> bool:
+    """Whether `ufw status` lists an allow rule for the port on the interface (IPv4 line)."""
+    pattern = re.compile(rf"^{port}/tcp on {re.escape(interface)}\s+ALLOW IN\b", re.MULTILINE)
+    return pattern.search(status_output) is not None
 
 
 # --- operations --------------------------------------------------------------------
@@ -198,20 +296,25 @@ def nftables_enabled_at_boot():
 
 @operation()
 def firewalld_open(port: int, interfaces: tuple[str, ...]):
-    """Open the port in the zone of each interface (runtime and permanent)."""
-    for interface in interfaces:
-        zone = f"$(firewall-cmd --get-zone-of-interface={shlex.quote(interface)} 2>/dev/null || firewall-cmd --get-default-zone)"
-        yield (f"z={zone}; firewall-cmd -q --zone=\"$z\" --query-port={port}/tcp || "
-               f"{{ firewall-cmd -q --zone=\"$z\" --add-port={port}/tcp && "
-               f"firewall-cmd -q --permanent --zone=\"$z\" --add-port={port}/tcp; }}")
+    """Open the port in the zone of each interface, runtime and permanent (so it survives a reload)."""
+    probe = ops.snapshot().probes.get(PROBE_FIREWALLD)
+    missing = firewalld_missing(probe.output if probe is not None and probe.status == 0 else "", interfaces)
+    if not missing:
+        host.noop(f"firewalld zones of {', '.join(interfaces)} allow {port}/tcp")
+        return
+    for zone, runtime, permanent in missing:
+        if runtime:
+            yield f"firewall-cmd -q --zone={shlex.quote(zone)} --add-port={port}/tcp"
+        if permanent:
+            yield f"firewall-cmd -q --permanent --zone={shlex.quote(zone)} --add-port={port}/tcp"
 
 
 @operation()
 def ufw_open(port: int, interfaces: tuple[str, ...], current_status: str):
+    """One ufw allow rule per interface (ufw adds the IPv6 twin itself)."""
     for interface in interfaces:
-        marker = f"{port}/tcp on {interface}"
-        if marker in current_status:
-            host.noop(f"ufw allows {marker}")
+        if ufw_allows(current_status, port, interface):
+            host.noop(f"ufw allows {port}/tcp on {interface}")
             continue
         yield f"ufw allow in on {shlex.quote(interface)} to any port {port} proto tcp comment llm-router"
 
@@ -236,19 +339,96 @@ def tailscale_serve_off(server: Server):
     yield shlex.join(serve_off_command(server))
 
 
+@operation()
+def caddy_original_kept():
+    """Keep the admin's Caddyfile (one copy, never overwritten) before ours replaces it."""
+    snap = ops.snapshot()
+    ours = snap.probes.get(PROBE_CADDYFILE_OURS)
+    if (snap.path(CADDYFILE).kind == "absent" or (ours is not None and ours.status == 0)
+            or snap.path(CADDYFILE_ORIGINAL).kind != "absent"):
+        host.noop(f"{CADDYFILE}: nothing of the admin's to keep")
+        return
+    yield f"cp -p {CADDYFILE} {CADDYFILE_ORIGINAL}"
+
+
+@operation()
+def caddy_config_valid(config_changed: bool):
+    """`caddy validate` before any restart, so a bad config stops the apply, not the running Caddy."""
+    if not config_changed:
+        host.noop("Caddyfile unchanged")
+        return
+    yield f"caddy validate --adapter caddyfile --config {CADDYFILE} >/dev/null"
+
+
+@operation()
+def caddy_enabled_by_us():
+    unit = ops.snapshot().units.get("caddy.service")
+    if unit is not None and unit.enabled == "enabled":
+        host.noop("caddy.service is enabled")
+        return
+    yield f"systemctl enable caddy.service && touch {CADDY_ENABLED_MARKER}"
+
+
+@operation()
+def caddy_root_ca_exported(local_copy: Path):
+    """Copy Caddy's root CA certificate (created at Caddy's first start) to the workstation."""
+    remote = ops.snapshot().path(CADDY_ROOT_CA)
+    if (remote.kind == "file" and local_copy.exists()
+            and hashlib.sha256(local_copy.read_bytes()).hexdigest() == remote.sha256):
+        host.noop(f"{local_copy} matches {CADDY_ROOT_CA}")
+        return
+    local_copy.parent.mkdir(parents=True, exist_ok=True)
+    # Caddy writes its CA while it provisions `tls internal`; wait for it after a (re)start.
+    yield (f"for i in $(seq 100); do test -s {CADDY_ROOT_CA} && exit 0; sleep 0.1; done; "
+           f"echo 'caddy created no root CA at {CADDY_ROOT_CA}: journalctl -u caddy' >&2; exit 1")
+    yield FileDownloadCommand(CADDY_ROOT_CA, str(local_copy))
+
+
+@operation()
+def caddy_removed():
+    """Caddy back as it was before us: the admin's Caddyfile restored, caddy disabled if we enabled it."""
+    snap = ops.snapshot()
+    ours = snap.probes.get(PROBE_CADDYFILE_OURS)
+    commands = []
+    if snap.path(CADDY_ENABLED_MARKER).kind != "absent":
+        commands.append(f"systemctl disable --now caddy.service && rm -f {CADDY_ENABLED_MARKER}")
+    if snap.path(CADDY_DROP_IN).kind != "absent":
+        commands.append(f"rm -f {CADDY_DROP_IN} && rmdir --ignore-fail-on-non-empty {Path(CADDY_DROP_IN).parent} "
+                        "&& systemctl daemon-reload")
+    if ours is not None and ours.status == 0:
+        if snap.path(CADDYFILE_ORIGINAL).kind != "absent":
+            commands.append(f"mv -f {CADDYFILE_ORIGINAL} {CADDYFILE}")
+        else:
+            commands.append(f"rm -f {CADDYFILE}")
+        if snap.path(CADDY_ENABLED_MARKER).kind == "absent":
+            # The admin runs Caddy for other sites: give it its own config back.
+            commands.append("systemctl try-restart caddy.service")
+    if commands:
+        yield " && ".join(commands)
+    else:
+        host.noop("no llm-router Caddy site")
+
+
 # --- the deploy ---------------------------------------------------------------------
 
 
 def declare(inv: Inventory, host_model: Host) -> None:
+    server = host_model.server
+    assert server is not None
     ops.declare(
-        paths=(NFT_FILE, NFT_DIR, NFT_ENABLED_MARKER, BOOT_UNIT_PATH, SERVE_UNIT_PATH, CADDYFILE),
+        paths=(NFT_FILE, NFT_DIR, NFT_ENABLED_MARKER, BOOT_UNIT_PATH, SERVE_UNIT_PATH, CADDYFILE,
+               CADDYFILE_ORIGINAL, CADDY_ENABLED_MARKER, CADDY_ROOT_CA, CADDY_DROP_IN,
+               str(Path(CADDY_DROP_IN).parent)),
         units=("firewalld.service", "ufw.service", "nftables.service", BOOT_UNIT, SERVE_UNIT, "caddy.service"),
         commands=("nft", "firewall-cmd", "ufw", "tailscale", "caddy"),
         probes={
             PROBE_NFT_TABLE: f"nft list table {NFT_FAMILY} {NFT_TABLE} >/dev/null",
             PROBE_NFT_INCLUDE: f"grep -qxF {shlex.quote(NFT_INCLUDE)} {NFT_CONF}",
             PROBE_SERVE: "tailscale serve status --json",
-            PROBE_UFW: "ufw status verbose",
+            # ufw is active only with ENABLED=yes; asking ufw itself costs ~50 ms of Python per apply.
+            PROBE_UFW: "grep -qs '^ENABLED=yes' /etc/ufw/ufw.conf && ufw status verbose",
+            PROBE_FIREWALLD: firewalld_probe(server.router.port, opened_interfaces(host_model)),
+            PROBE_CADDYFILE_OURS: f"head -n 1 {CADDYFILE} 2>/dev/null | grep -qF {shlex.quote(CADDY_MARKER_LINE)}",
         },
     )
 
@@ -268,10 +448,10 @@ def exposure(inv: Inventory, host_model: Host) -> None:
         nft_removed(name="Remove the llm-router nftables table")
     else:
         if backend == "firewalld":
-            firewalld_open(server.router.port, tuple(i for i in router_interfaces(host_model) if i != "lo"),
+            firewalld_open(server.router.port, opened_interfaces(host_model),
                            name="firewalld: open the router port on the tailnet and LAN zones")
         elif backend == "ufw":
-            ufw_open(server.router.port, tuple(i for i in router_interfaces(host_model) if i != "lo"),
+            ufw_open(server.router.port, opened_interfaces(host_model),
                      ufw_probe.output if ufw_probe else "", name="ufw: allow the router port per interface")
         ops.directory(NFT_DIR, mode="755", name=f"Directory {NFT_DIR}")
         ruleset = ops.file(NFT_FILE, nft_ruleset(host_model), mode="644", name=f"nftables table {NFT_TABLE}")
@@ -296,6 +476,15 @@ def exposure(inv: Inventory, host_model: Host) -> None:
         tailscale_serve_off(server, name="tailscale serve: remove the router path")
 
     if server.exposure.caddy.enabled:
+        caddy_original_kept(name=f"Keep the admin's {CADDYFILE}")
         config = ops.file(CADDYFILE, caddyfile(host_model), name="Caddyfile for the router")
-        ops.unit("caddy.service", enabled=True, running=True, restart=ops.changed(config),
-                 name="caddy serves the router")
+        caddy_config_valid(ops.changed(config), name="caddy validate")
+        ops.directory(str(Path(CADDY_DROP_IN).parent), mode="755", name="caddy.service.d")
+        drop_in = ops.file(CADDY_DROP_IN, CADDY_DROP_IN_TEXT, name="caddy.service starts after tailscaled")
+        caddy_enabled_by_us(name="caddy.service enabled at boot")
+        ops.unit("caddy.service", enabled=True, running=True, restart=ops.changed(config, drop_in),
+                 daemon_reload=ops.changed(drop_in), name="caddy serves the router")
+        caddy_root_ca_exported(caddy_root_ca_copy(inv, host_model.name),
+                               name="Export Caddy's root CA to the workstation")
+    else:
+        caddy_removed(name="Remove the llm-router Caddy site")

@@ -225,3 +225,9 @@ def unit(name: str, enabled: bool = True, running: bool | None = True, restart: 
 def changed(*metas) -> bool:
     """Whether any of these operations will change the host (known before execution)."""
     return any(meta.will_change for meta in metas)
+
+
+def cached_snapshot(host_name: str) -> Snapshot | None:
+    """Another host's state if this run has already read it (a client compares with its server's)."""
+    cached = _snapshots.get(host_name)
+    return cached[1] if cached is not None else None

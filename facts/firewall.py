@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shlex
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from pyinfra.api import FactBase
@@ -41,11 +42,14 @@ SUPPORTED_EXPRESSIONS = (
     "ip protocol, ip6 nexthdr, ip saddr/daddr, ip6 saddr/daddr (addresses, prefixes, ranges, sets)",
     "tcp/udp/th dport (values, ranges, sets, <, >, <=, >=)",
     "ct state (a new connection), ct direction, ct status dnat/snat (never set: no NAT modelled)",
-    "fib daddr type (local on the way in)",
+    "fib daddr type (local on the way in); fib saddr . iif oif missing (reverse path: never missing)",
+    "icmp/icmpv6/igmp/udplite/dccp/esp/ah/comp header fields (absent from a tcp packet)",
     "operators ==, !=, in, <, >, <=, >=",
     "verdicts accept, drop, reject, jump, goto, return, continue; vmap (inline and named maps)",
     "ignored statements: counter, log, mangle (meta/ct mark set), set updates, notrack",
     "iptables-nft xt: targets LOG/NFLOG/MARK/CONNMARK/TRACE ignored, REJECT as reject",
+    ("iptables-nft xt matches, from iptables-nft-save's options: conntrack --ctstate, addrtype --dst-type, "
+     "comment, rt (no routing header)"),
 )
 
 HOOK_ORDER = ("ingress", "prerouting", "input")
@@ -56,6 +60,8 @@ _PROTOCOL_NUMBERS = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "ipv6-icmp": 58,
 _IGNORED_STATEMENTS = {"counter", "log", "mangle", "set", "notrack", "flow", "comment"}
 _NON_TERMINAL_XT_TARGETS = {"LOG", "NFLOG", "ULOG", "MARK", "CONNMARK", "CLASSIFY", "TRACE", "AUDIT"}
 _VERDICTS = {"accept", "drop", "reject", "jump", "goto", "return", "continue"}
+# Headers nft matches only in packets of their own protocol (tcp/udp/sctp are handled with dport).
+_OTHER_L4_HEADERS = {"icmp", "icmpv6", "igmp", "udplite", "dccp", "esp", "ah", "comp"}
 
 
 # --------------------------------------------------------------------------------------
@@ -79,14 +85,64 @@ class NftRuleset(FactBase[dict | None]):
 
     @override
     def command(self) -> str:
-        return "nft -j list ruleset"
+        # nft -j prints iptables-nft's xt matches by name only; iptables-nft-save prints their options.
+        saves = " ".join(f"echo '{IPTABLES_MARKER}{family}'; {tool} 2>/dev/null;"
+                         for family, tool in (("ip", "iptables-nft-save"), ("ip6", "ip6tables-nft-save")))
+        return f"nft -j list ruleset && if command -v iptables-nft-save >/dev/null; then {saves} fi"
 
     @override
     def process(self, output: list[str]) -> dict | None:
-        text = "\n".join(output).strip()
+        json_lines: list[str] = []
+        saves: dict[str, list[str]] = {}
+        current = json_lines
+        for line in output:
+            if line.startswith(IPTABLES_MARKER):
+                current = saves.setdefault(line[len(IPTABLES_MARKER):].strip(), [])
+            else:
+                current.append(line)
+        text = "\n".join(json_lines).strip()
         if not text:
             return None
-        return json.loads(text)
+        ruleset = json.loads(text)
+        if saves:
+            ruleset[IPTABLES_SAVE_KEY] = {family: "\n".join(lines) for family, lines in saves.items()}
+        return ruleset
+
+
+IPTABLES_MARKER = "#! iptables-nft-save "
+# Extra key in the fact's dict (beside "nftables"): iptables-nft-save text per family, if any.
+IPTABLES_SAVE_KEY = "iptables_nft_save"
+
+
+def iptables_rules(save_text: str) -> dict[tuple[str, str], list[tuple[str, ...]]]:
+    """`-A CHAIN ...` lines of iptables-save output as {(table, chain): [argv after the chain name]}."""
+    rules: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+    table = ""
+    for line in save_text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith("-A "):
+            try:
+                words = shlex.split(line)
+            except ValueError:
+                continue
+            rules.setdefault((table, words[1]), []).append(tuple(words[2:]))
+    return rules
+
+
+def with_xt_options(rules: dict[tuple[str, str, str], list[Rule]], saves: Mapping[str, str]
+                    ) -> dict[tuple[str, str, str], list[Rule]]:
+    """Attach iptables-nft-save's options to the rules of each iptables-nft chain.
+
+    Both list a chain's rules in the kernel's order; a chain whose rule counts differ is left alone."""
+    result = dict(rules)
+    for family, text in saves.items():
+        for (table, chain), options in iptables_rules(text).items():
+            key = (family, table, chain)
+            nft_rules = rules.get(key, [])
+            if len(nft_rules) == len(options):
+                result[key] = [replace(rule, xt_options=argv) for rule, argv in zip(nft_rules, options)]
+    return result
 
 
 # --------------------------------------------------------------------------------------
@@ -111,6 +167,8 @@ class Rule:
     handle: int | None
     exprs: tuple[Json, ...]
     comment: str | None = None
+    # The iptables-nft-save argv of this rule (`-p tcp -m conntrack --ctstate NEW -j ACCEPT`), if known.
+    xt_options: tuple[str, ...] | None = None
 
     def __str__(self) -> str:
         text = " ".join(describe_expr(expr) for expr in self.exprs)
@@ -162,6 +220,9 @@ class Ruleset:
                 rules.setdefault(key, []).append(_parse_rule(body))
             elif kind in ("set", "map"):
                 sets[(body["family"], body["table"], body["name"])] = tuple(body.get("elem", ()))
+        saves = ruleset.get(IPTABLES_SAVE_KEY)
+        if isinstance(saves, Mapping):
+            rules = with_xt_options(rules, saves)
         return cls(
             chains={key: _parse_chain(body, rules.get(key, [])) for key, body in chains.items()},
             sets=sets,
@@ -534,8 +595,12 @@ def rule_branches(rule: Rule, packet: Packet, ruleset: Ruleset) -> list[_Branch]
         elif kind == "xt":
             xt_effect = _xt(body)
             if xt_effect == "match":
-                matched = None
-                unknown_parts.append(describe_expr(expr))
+                result = xt_match(body.get("name", ""), rule.xt_options, packet)
+                if result is False:
+                    return [_Branch(None)]
+                if result is None:
+                    matched = None
+                    unknown_parts.append(describe_expr(expr))
             elif xt_effect == "unknown":
                 unknown_statement = True
                 unknown_parts.append(describe_expr(expr))
@@ -578,6 +643,44 @@ def _xt(body: Mapping[str, Json]) -> Literal["match", "ignore", "reject", "unkno
     return "unknown"
 
 
+def xt_options_of(name: str, argv: tuple[str, ...]) -> list[str] | None:
+    """The options after `-m NAME` in an iptables argv (up to the next -m/-j/-g), or None if absent."""
+    for index in range(len(argv) - 1):
+        if argv[index] == "-m" and argv[index + 1] == name:
+            options: list[str] = []
+            for word in argv[index + 2:]:
+                if word in ("-m", "-j", "-g"):
+                    break
+                options.append(word)
+            if options and options[-1] == "!":
+                options.pop()  # negates the next match or target, not this one
+            return options
+    return None
+
+
+# addrtype --dst-type values a packet to one of this host's unicast addresses has.
+_LOCAL_ADDRESS_TYPES = {"LOCAL", "UNICAST"}
+
+
+def xt_match(name: str, argv: tuple[str, ...] | None, packet: Packet) -> Tri:
+    """An iptables-nft match on the packet, read from its iptables-nft-save options; None if unknown."""
+    options = xt_options_of(name, argv) if argv is not None else None
+    if options is None:
+        return None
+    negated = options[:1] == ["!"]
+    plain = options[1:] if negated else options
+    if name == "comment":
+        return True
+    if name == "rt":
+        return False  # needs an IPv6 routing header; the first SYN of a connection has none
+    if name == "conntrack" and len(plain) == 2 and plain[0] == "--ctstate":
+        return ("NEW" in plain[1].split(",")) != negated
+    if name == "addrtype" and len(plain) >= 2 and plain[0] == "--dst-type" and set(plain[2:]) <= {
+            "--limit-iface-in"}:
+        return bool(_LOCAL_ADDRESS_TYPES & set(plain[1].split(","))) != negated
+    return None
+
+
 def _vmap_lookup(
     body: Mapping[str, Json], packet: Packet, ruleset: Ruleset, rule: Rule
 ) -> tuple[Json | None, bool]:
@@ -614,6 +717,7 @@ class _Marker:
 
 _UNKNOWN = _Marker("UNKNOWN")  # the evaluator cannot tell the packet's value
 _ABSENT = _Marker("ABSENT")  # the header is not there: every match on it fails
+_ROUTE_EXISTS = _Marker("ROUTE_EXISTS")  # a reverse-path lookup that finds a route back to the source
 
 
 def packet_value(left: Json, packet: Packet) -> Any:
@@ -629,6 +733,10 @@ def packet_value(left: Json, packet: Packet) -> Any:
         return {"state": "new", "direction": "original"}.get(body.get("key"), _UNKNOWN)
     if kind == "fib" and body.get("result") == "type" and body.get("flags") == ["daddr"]:
         return "local"  # the packet is for this host
+    if kind == "fib" and body.get("result") == "oif" and {"saddr", "iif"} <= set(body.get("flags") or ()):
+        # Reverse-path filter (firewalld's rpfilter, `fib saddr . iif oif missing drop`): the packets we
+        # judge come from a peer reachable back through the interface they arrived on, so a route exists.
+        return _ROUTE_EXISTS
     return _UNKNOWN
 
 
@@ -659,6 +767,9 @@ def _payload_value(protocol: str | None, field_name: str | None, packet: Packet)
         if protocol != "th" and protocol != packet.proto:
             return _ABSENT
         return packet.dport if field_name == "dport" else _UNKNOWN
+    if protocol in _OTHER_L4_HEADERS and _protocol_number(protocol) != _protocol_number(packet.proto):
+        # nft matches a header field only in packets of that protocol (e.g. firewalld's `icmpv6 type`).
+        return _ABSENT
     return _UNKNOWN
 
 
@@ -680,6 +791,9 @@ def match(body: Mapping[str, Json], packet: Packet, ruleset: Ruleset, rule: Rule
     if left == {"ct": {"key": "status"}}:
         return _ct_status(op, right)
     value = packet_value(left, packet)
+    if value is _ROUTE_EXISTS:
+        # `oif missing` is `== false`; anything else about the route is beyond this model.
+        return (op == "!=") if right is False and op in ("==", "!=") else None
     if value is _ABSENT:
         return False
     if value is _UNKNOWN:

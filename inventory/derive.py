@@ -84,6 +84,8 @@ def client_key_name(host: Host) -> str:
 class RouterRoute:
     reach: Reach
     url: str
+    # The server whose Caddy `tls internal` root CA the client must trust (None: a public or no CA).
+    caddy_ca_of: str | None = None
 
 
 def _host_url(address: str) -> str:
@@ -125,7 +127,8 @@ def router_route(inv: Inventory, client: Host) -> RouterRoute:
         if server.exposure.caddy.enabled:
             caddy = server.exposure.caddy
             port = "" if caddy.https_port == 443 else f":{caddy.https_port}"
-            return RouterRoute("tailnet", f"https://{caddy.site_names[0]}{port}{caddy.path}")
+            return RouterRoute("tailnet", f"https://{caddy.site_names[0]}{port}{caddy.path}",
+                               caddy_ca_of=server_host.name)
         raise NoRoute(f"{server_host.name} publishes the router on the tailnet neither by tailscale serve nor caddy")
     # via == "lan"
     if server_host.network.lan_address is None:

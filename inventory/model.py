@@ -22,6 +22,7 @@ from pydantic import (
     IPvAnyAddress,
     PrivateAttr,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
@@ -293,9 +294,23 @@ class TailscaleServe(Strict):
 
 class Caddy(Strict):
     enabled: bool = Field(False, description="Reverse proxy with Caddy `tls internal` instead of tailscale serve.")
-    site_names: list[str] = Field(default_factory=list, description="Names Caddy serves (one site each).")
+    site_names: list[str] = Field(
+        default_factory=list,
+        description="Names Caddy serves (one site each), resolved by your DNS to the tailnet address; "
+                    "not *.ts.net (Caddy takes those certificates from tailscaled, not its own CA).",
+    )
     https_port: Port = Field(443)
     path: str = Field("/router", pattern=r"^/[A-Za-z0-9._/-]*$")
+
+    @field_validator("site_names")
+    @classmethod
+    def _not_magicdns(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name.lower().rstrip(".").endswith(".ts.net"):
+                raise ValueError(f"{name}: Caddy gets *.ts.net certificates from tailscaled, not from its "
+                                 "`tls internal` CA; use tailscale_serve for the MagicDNS name, or a name of "
+                                 "your own DNS (e.g. llm.home.arpa) for Caddy")
+        return names
 
 
 class Exposure(Strict):

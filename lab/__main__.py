@@ -1,4 +1,9 @@
-"""python -m lab up | down | status [--json] | ssh HOST [-- CMD] | exec NAME [--user USER] -- CMD | build"""
+"""python -m lab up | down | status [--json] | ssh HOST [-- CMD] | exec NAME [--user USER] -- CMD | build
+
+Environment: LAB_PREFIX and LAB_LAN_SUBNET / LAB_TAILNET_SUBNET / LAB_PUBLIC_SUBNET pick another instance;
+LAB_INVENTORY another inventory; LAB_SERVER_FIREWALL=firewalld|ufw boots the gpu_server with that firewall
+on, set up as a Fedora / Ubuntu admin has it (lab/firewall_hooks.py; unset: no host firewall).
+"""
 
 from __future__ import annotations
 

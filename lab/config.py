@@ -70,6 +70,20 @@ FALLBACK_HOSTS: tuple[LabHost, ...] = (
 # The interface a gpu_server gets on the public segment (the path a firewall must close).
 PUBLIC_INTERFACE = "wan0"
 
+# LAB_SERVER_FIREWALL=firewalld|ufw: the gpu_server boots with that firewall on, set up the way a
+# Fedora (firewalld) or Ubuntu (ufw) admin has it (lab/firewall_hooks.py). Unset: no firewall of its own.
+SERVER_FIREWALLS = ("firewalld", "ufw")
+
+
+def server_firewall() -> str | None:
+    """The firewall the gpu_server runs before any deploy ($LAB_SERVER_FIREWALL), or None."""
+    value = os.environ.get("LAB_SERVER_FIREWALL", "").strip()
+    if not value or value == "none":
+        return None
+    if value not in SERVER_FIREWALLS:
+        raise ValueError(f"LAB_SERVER_FIREWALL={value!r}: use one of {', '.join(SERVER_FIREWALLS)} or leave it unset")
+    return value
+
 
 @dataclass(frozen=True)
 class LabConfig:

@@ -43,16 +43,23 @@ PACKAGES: tuple[str, ...] = (
     "netcat-openbsd",
     "openssl",
     "caddy",
+    # Installed but off: a before-boot hook (lab/firewall_hooks.py, LAB_SERVER_FIREWALL) turns one on for
+    # the gpu_server, to test the deploy against a Fedora-like (firewalld) or Ubuntu-like (ufw) host.
+    "firewalld",
+    "ufw",
 )
 
 # Runs inside the fresh root (chroot) after debootstrap. Host keys and machine-id are removed so every
-# container gets its own; caddy is installed but left to the deploy to enable.
+# container gets its own; caddy is installed but left to the deploy to enable; firewalld and ufw are
+# installed but off, so a default lab host runs no firewall of its own.
 POST_BUILD_SCRIPT = """\
 set -eu
 rm -f /etc/ssh/ssh_host_*
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id
 systemctl disable caddy.service >/dev/null 2>&1 || true
+systemctl disable firewalld.service >/dev/null 2>&1 || true
+sed -i 's/^ENABLED=.*/ENABLED=no/' /etc/ufw/ufw.conf
 systemctl mask systemd-firstboot.service >/dev/null 2>&1 || true
 mkdir -p /etc/ssh/sshd_config.d
 cat > /etc/ssh/sshd_config.d/lab.conf <<'EOF'

@@ -24,7 +24,7 @@ IGNORED_NAMES = {".keep", ".gitkeep", "README.md"}
 
 BeforeBootHook = Callable[[LabHost, Path, Path], object]
 # "module:function" hooks run for every host before it boots, e.g. installing a stand-in.
-BEFORE_BOOT_HOOKS: list[str] = ["lab.standin_hooks:install_tailscale"]
+BEFORE_BOOT_HOOKS: list[str] = ["lab.standin_hooks:install_tailscale", "lab.firewall_hooks:enable_server_firewall"]
 _registered_hooks: list[BeforeBootHook] = []
 
 

@@ -670,3 +670,13 @@ def test_use_ollama_then_use_claude_restores_any_file_exactly(
         result = sandbox.run("use-claude")
         assert result.returncode == 0, result.stderr
         assert sandbox.local_settings.read_text(encoding="utf-8") == content
+
+
+def test_private_ca_is_given_to_claude_code_only_in_router_mode() -> None:
+    base = {"router_url": ROUTER_URL, "default_model": "claude-sonnet-4-6"}
+    with_ca = claude_router.parse_config({**base, "ca_file": "/usr/local/share/ca-certificates/x.crt"}, "test")
+    assert claude_router.router_override(with_ca, "m")["env"]["NODE_EXTRA_CA_CERTS"] == with_ca.ca_file
+    assert "NODE_EXTRA_CA_CERTS" not in claude_router.router_override(claude_router.parse_config(base, "t"), "m")["env"]
+    assert "NODE_EXTRA_CA_CERTS" not in claude_router.cloud_override()["env"]
+    with pytest.raises(claude_router.RouterError, match="ca_file"):
+        claude_router.parse_config({**base, "ca_file": 7}, "test")

@@ -59,6 +59,9 @@ def test_choose_firewall():
     assert exposure.choose_firewall("ufw", set(), set(), False) == "ufw"
     with pytest.raises(DeployError, match="install nftables"):
         exposure.choose_firewall("auto", set(), set(), False)
+    # Two firewalls both active: no way to know whose rules count; refused with what to do.
+    with pytest.raises(DeployError, match="ufw disable"):
+        exposure.choose_firewall("auto", {"firewalld.service"}, {"nft", "ufw"}, True)
 
 
 def test_serve_is_current():
@@ -165,3 +168,188 @@ def test_ufw_host_loads_our_table_at_boot_with_our_own_unit_not_nftables_service
     flat = " ; ".join(c for commands in found.values() for c in commands)
     assert exposure.BOOT_UNIT_PATH in " ".join(found) or "llm-router-firewall.service" in flat
     assert "nftables.service" not in flat and exposure.NFT_CONF not in flat
+
+
+# --- firewalld and ufw hosts --------------------------------------------------------------
+
+# `ufw status verbose` on the lab's ufw host after the deploy (ufw 0.36.2, Debian bookworm).
+UFW_OPENED = """Status: active
+Logging: on (low)
+Default: deny (incoming), allow (outgoing), disabled (routed)
+New profiles: skip
+
+To                         Action      From
+--                         ------      ----
+22/tcp (OpenSSH)           ALLOW IN    Anywhere
+4000/tcp on tailscale0     ALLOW IN    Anywhere                   # llm-router
+4000/tcp on enp1s0         ALLOW IN    Anywhere                   # llm-router
+22/tcp (OpenSSH (v6))      ALLOW IN    Anywhere (v6)
+4000/tcp (v6) on tailscale0 ALLOW IN    Anywhere (v6)              # llm-router
+4000/tcp (v6) on enp1s0    ALLOW IN    Anywhere (v6)              # llm-router
+"""
+
+
+def converged_behind(firewall: str, firewall_probe: str = "") -> Snapshot:
+    """A converged host whose own firewall is firewalld or ufw: our table loaded by our boot unit."""
+    snap = converged()
+    snap.units["nftables.service"] = UnitState("loaded", "inactive", "disabled")
+    snap.probes[exposure.PROBE_NFT_INCLUDE] = Probe(1, "")
+    snap.paths[exposure.BOOT_UNIT_PATH] = PathState("file", "644", "root", "root",
+                                                    hashlib.sha256(exposure.boot_unit().encode()).hexdigest())
+    snap.units[exposure.BOOT_UNIT] = UnitState("loaded", "active", "enabled")
+    if firewall == "firewalld":
+        snap.units["firewalld.service"] = UnitState("loaded", "active", "enabled")
+        snap.probes[exposure.PROBE_FIREWALLD] = Probe(0, firewall_probe or
+                                                      "tailscale0 public yes yes\nenp1s0 public yes yes\n")
+    else:
+        snap.probes[exposure.PROBE_UFW] = Probe(0, firewall_probe or UFW_OPENED)
+    return snap
+
+
+@pytest.mark.parametrize("firewall", ["firewalld", "ufw"])
+def test_converged_firewalld_or_ufw_host_yields_no_commands(firewall):
+    assert changes(run(converged_behind(firewall))) == {}
+
+
+def test_firewalld_opens_the_port_once_per_zone_runtime_and_permanent():
+    snap = converged_behind("firewalld", "tailscale0 public no no\nenp1s0 public no no\n")
+    [commands] = changes(run(snap)).values()
+    assert commands == ["firewall-cmd -q --zone=public --add-port=4000/tcp",
+                        "firewall-cmd -q --permanent --zone=public --add-port=4000/tcp"]
+
+
+def test_firewalld_restores_only_what_a_reload_dropped_in_the_zone_that_lacks_it():
+    # tailscale0 bound to trusted (already fine); the LAN in home, where a reload dropped the runtime rule.
+    snap = converged_behind("firewalld", "tailscale0 trusted yes yes\nenp1s0 home no yes\n")
+    [commands] = changes(run(snap)).values()
+    assert commands == ["firewall-cmd -q --zone=home --add-port=4000/tcp"]
+
+
+def test_firewalld_that_does_not_answer_is_refused_with_what_to_do():
+    snap = converged_behind("firewalld", "tailscale0 public yes yes\n")
+    with pytest.raises(DeployError, match="enp1s0.*systemctl enable --now firewalld"):
+        run(snap)
+
+
+def test_firewalld_probe_reads_bound_and_default_zones(tmp_path):
+    """The probe's shell, run against a stand-in firewall-cmd: an unbound interface is in the default zone."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "firewall-cmd").write_text("""#!/bin/sh
+case "$*" in
+  --get-zone-of-interface=tailscale0) echo trusted ;;
+  --get-zone-of-interface=*) echo "no zone" >&2; exit 2 ;;
+  --get-default-zone) echo public ;;
+  "--zone=trusted --query-port=4000/tcp"|"--permanent --zone=trusted --query-port=4000/tcp") echo yes ;;
+  "--permanent --zone=public --query-port=4000/tcp") echo yes ;;
+  *) echo no; exit 1 ;;
+esac
+""")
+    for script in fake.iterdir():
+        script.chmod(0o755)
+    command = exposure.firewalld_probe(4000, ("tailscale0", "enp1s0"))
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=False,
+                          env={"PATH": f"{fake}:/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["tailscale0 trusted yes yes", "enp1s0 public no yes"]
+    assert exposure.firewalld_missing(done.stdout, ("tailscale0", "enp1s0")) == [("public", True, False)]
+
+
+def test_ufw_rules_are_recognised_per_interface_and_port():
+    assert exposure.ufw_allows(UFW_OPENED, 4000, "tailscale0")
+    assert exposure.ufw_allows(UFW_OPENED, 4000, "enp1s0")
+    assert not exposure.ufw_allows(UFW_OPENED, 4000, "wan0")
+    assert not exposure.ufw_allows(UFW_OPENED, 400, "enp1s0")
+    assert not exposure.ufw_allows(UFW_OPENED.replace("4000/tcp on enp1s0 ", "14000/tcp on enp1s0"), 4000, "enp1s0")
+
+
+def test_ufw_host_adds_only_the_missing_interface():
+    opened_tailnet_only = "\n".join(line for line in UFW_OPENED.splitlines() if "enp1s0" not in line)
+    [commands] = changes(run(converged_behind("ufw", opened_tailnet_only))).values()
+    assert commands == ["ufw allow in on enp1s0 to any port 4000 proto tcp comment llm-router"]
+
+
+def test_boot_unit_loads_only_our_table_after_the_host_firewall():
+    unit = exposure.boot_unit()
+    assert "After=firewalld.service ufw.service" in unit
+    assert f"ExecStart=/usr/sbin/nft -f {exposure.NFT_FILE}" in unit
+    assert "flush" not in unit and "WantedBy=multi-user.target" in unit
+
+
+# --- Caddy as the front ------------------------------------------------------------------
+
+
+def caddy_inventory(tmp_path: Path):
+    from lab.variants import write_variant
+
+    def caddy_front(data: dict) -> None:
+        exposure_section = data["hosts"]["p620"]["server"]["exposure"]
+        exposure_section["tailscale_serve"] = {"enabled": False}
+        exposure_section["caddy"] = {"enabled": True, "site_names": ["llm.home.arpa"]}
+
+    return load_inventory(write_variant(REPO / "inventory" / "lab.yaml", tmp_path / "caddy.yaml", caddy_front))
+
+
+def test_caddy_front_is_restricted_to_the_tailnet_address_and_interface(tmp_path):
+    inv = caddy_inventory(tmp_path)
+    text = exposure.nft_ruleset(inv.hosts["p620"])
+    assert 'tcp dport 443 ip daddr 100.86.213.10 iifname != { "lo", "tailscale0" } reject with tcp reset' in text
+    caddyfile = exposure.caddyfile(inv.hosts["p620"])
+    assert "bind 100.86.213.10" in caddyfile and "tls internal" in caddyfile
+    assert "admin off" in caddyfile and "auto_https disable_redirects" in caddyfile
+    assert caddyfile.startswith(exposure.CADDY_MARKER_LINE)
+
+
+def test_caddy_on_a_fresh_host_keeps_the_admins_file_validates_and_exports_the_ca(tmp_path):
+    inv = caddy_inventory(tmp_path)
+    snap = converged()
+    snap.paths[exposure.CADDYFILE] = PathState("file", "644", "root", "root", "0" * 64)  # Debian's default
+    snap.probes[exposure.PROBE_CADDYFILE_OURS] = Probe(1, "")
+    snap.units["caddy.service"] = UnitState("loaded", "inactive", "disabled")
+    found = changes(run(snap, inv))
+    keep = next(c for name, c in found.items() if "Keep the admin" in name)
+    assert keep == [f"cp -p {exposure.CADDYFILE} {exposure.CADDYFILE_ORIGINAL}"]
+    names = list(found)
+    order = [next(i for i, n in enumerate(names) if word in n)
+             for word in ("Keep the admin", "Caddyfile for", "caddy validate", "caddy serves", "Export Caddy")]
+    assert order == sorted(order)
+    export = found[names[order[-1]]]
+    assert str(exposure.caddy_root_ca_copy(inv, "p620")) in export[-1]
+
+
+def test_converged_caddy_host_yields_no_commands(tmp_path):
+    inv = caddy_inventory(tmp_path)
+    ca = b"-----BEGIN CERTIFICATE-----\nlab\n-----END CERTIFICATE-----\n"
+    copy = exposure.caddy_root_ca_copy(inv, "p620")
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_bytes(ca)
+    snap = converged()
+    caddyfile = exposure.caddyfile(inv.hosts["p620"]).encode()
+    nft = exposure.nft_ruleset(inv.hosts["p620"]).encode()
+    snap.paths[exposure.CADDYFILE] = PathState("file", "644", "root", "root", hashlib.sha256(caddyfile).hexdigest())
+    snap.paths[exposure.NFT_FILE] = PathState("file", "644", "root", "root", hashlib.sha256(nft).hexdigest())
+    snap.paths[exposure.CADDYFILE_ORIGINAL] = PathState("file", "644", "root", "root", "1" * 64)
+    snap.paths[exposure.CADDY_ROOT_CA] = PathState("file", "644", "caddy", "caddy", hashlib.sha256(ca).hexdigest())
+    snap.paths.pop(exposure.SERVE_UNIT_PATH)
+    drop_in = hashlib.sha256(exposure.CADDY_DROP_IN_TEXT.encode()).hexdigest()
+    snap.paths[exposure.CADDY_DROP_IN] = PathState("file", "644", "root", "root", drop_in)
+    snap.paths[str(Path(exposure.CADDY_DROP_IN).parent)] = PathState("dir", "755", "root", "root", "")
+    snap.probes[exposure.PROBE_CADDYFILE_OURS] = Probe(0, "")
+    snap.probes[exposure.PROBE_SERVE] = Probe(0, "{}")
+    snap.units["caddy.service"] = UnitState("loaded", "active", "enabled")
+    assert changes(run(snap, inv)) == {}
+    # A new CA on the server (Caddy's data wiped) is fetched again.
+    snap.paths[exposure.CADDY_ROOT_CA] = PathState("file", "644", "caddy", "caddy", "2" * 64)
+    assert [name.split(' | ')[-1] for name in changes(run(snap, inv))] == ["Export Caddy's root CA to the workstation"]
+
+
+def test_caddy_off_restores_the_admins_caddyfile_and_disables_what_we_enabled():
+    snap = converged()
+    snap.probes[exposure.PROBE_CADDYFILE_OURS] = Probe(0, "")
+    snap.paths[exposure.CADDYFILE_ORIGINAL] = PathState("file", "644", "root", "root", "1" * 64)
+    snap.paths[exposure.CADDY_ENABLED_MARKER] = PathState("file", "644", "root", "root", "")
+    found = changes(run(snap))
+    assert list(found.values()) == [[
+        (f"systemctl disable --now caddy.service && rm -f {exposure.CADDY_ENABLED_MARKER} && "
+         f"mv -f {exposure.CADDYFILE_ORIGINAL} {exposure.CADDYFILE}")]]

@@ -26,6 +26,7 @@ from facts.firewall import (
     admitted_interfaces,
     evaluate,
     tables,
+    xt_match,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nft"
@@ -316,3 +317,96 @@ def test_evaluator_agrees_with_live_kernel(live_lab, source):
     live_ruleset = live_lab.ruleset_json()
     probes = [vars(result) for result in live_lab.probe(netns_lab.probes_for())]
     assert_matches_kernel(source.stem, Ruleset.parse(live_ruleset), probes)
+
+
+# -- rulesets captured on the lab's firewalld and ufw hosts (tests/test_lab_firewalls.py) --------------
+
+LAB_RULESETS = Path(__file__).parent / "fixtures" / "lab_rulesets"
+
+
+def lab_ruleset(name: str) -> dict:
+    """`nft -j list ruleset` of p620 after the deploy, on a host running `name` (firewalld 1.3.3, ufw 0.36.2)."""
+    return json.loads((LAB_RULESETS / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("family", ["ip", "ip6"])
+def test_firewalld_host_is_judged_with_certainty(family):
+    """firewalld's rpfilter (`meta nfproto ipv6 fib saddr . mark . iif oif missing drop`) and its
+    `icmpv6 type` rules no longer make every IPv6 answer uncertain; the active probes agreed."""
+    rules = lab_ruleset("firewalld")
+    router = admitted_interfaces(rules, 4000, INTERFACES, family=family)
+    assert router.uncertain == []
+    assert {name for name, d in router.decisions.items() if d.accepted} == {"lo", "enp1s0", "tailscale0"}
+    ollama = admitted_interfaces(rules, 11434, INTERFACES, family=family)
+    assert ollama.uncertain == []
+    assert {name for name, d in ollama.decisions.items() if d.accepted} == {"lo"}
+
+
+def test_reverse_path_check_passes_a_peer_packet_but_other_fib_lookups_stay_unknown():
+    def chain_with(expr: list) -> dict:
+        return {"nftables": [
+            {"table": {"family": "inet", "name": "t", "handle": 1}},
+            {"chain": {"family": "inet", "table": "t", "name": "in", "handle": 1, "type": "filter",
+                       "hook": "prerouting", "prio": -300, "policy": "accept"}},
+            {"rule": {"family": "inet", "table": "t", "chain": "in", "handle": 2, "expr": expr}},
+        ]}
+
+    missing = {"match": {"op": "==", "left": {"fib": {"result": "oif", "flags": ["saddr", "iif"]}}, "right": False}}
+    assert evaluate(chain_with([missing, {"drop": None}]), Packet("enp1s0", 4000)).accepted is True
+    found = {"match": {"op": "!=", "left": {"fib": {"result": "oif", "flags": ["saddr", "iif"]}}, "right": False}}
+    assert evaluate(chain_with([found, {"drop": None}]), Packet("enp1s0", 4000)).accepted is False
+    other = {"match": {"op": "==", "left": {"fib": {"result": "oif", "flags": ["daddr"]}}, "right": "eth0"}}
+    assert evaluate(chain_with([other, {"drop": None}]), Packet("enp1s0", 4000)).accepted is None
+    icmp = {"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-redirect"}}
+    assert evaluate(chain_with([icmp, {"drop": None}]), Packet("enp1s0", 4000, family="ip6")).accepted is True
+    assert evaluate(chain_with([icmp, {"drop": None}]), Packet("enp1s0", 4000, proto="icmpv6", family="ip6")
+                    ).accepted is None
+
+
+@pytest.mark.parametrize("family", ["ip", "ip6"])
+def test_ufw_host_is_judged_with_certainty_from_iptables_nft_save_options(family):
+    """ufw on iptables-nft: `xt match conntrack/addrtype/comment/rt` are read from iptables-nft-save
+    (which the fact captures with the JSON); the active probes agreed with every answer."""
+    rules = lab_ruleset("ufw")
+    interfaces = (*INTERFACES, "other-if")
+    admitted = {}
+    for port in (4000, 11434, 22):
+        admission = admitted_interfaces(rules, port, interfaces, family=family)
+        assert admission.uncertain == [], (port, admission.uncertain)
+        admitted[port] = {name for name, d in admission.decisions.items() if d.accepted}
+    assert admitted == {4000: {"lo", "enp1s0", "tailscale0"}, 11434: {"lo"}, 22: set(interfaces)}
+
+
+def test_without_iptables_nft_save_the_ufw_xt_matches_stay_uncertain():
+    rules = {key: value for key, value in lab_ruleset("ufw").items() if key != "iptables_nft_save"}
+    assert admitted_interfaces(rules, 4000, ("enp1s0",)).uncertain == ["enp1s0"]
+
+
+def test_fact_splits_the_json_from_the_iptables_nft_save_sections():
+    fact = NftRuleset()
+    assert "iptables-nft-save" in fact.command() and fact.command().startswith("nft -j list ruleset && ")
+    saved = ["*filter", ":INPUT DROP [0:0]", "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+             "COMMIT"]
+    parsed = fact.process([json.dumps({"nftables": []}), "#! iptables-nft-save ip", *saved,
+                           "#! iptables-nft-save ip6"])
+    assert parsed == {"nftables": [], "iptables_nft_save": {"ip": "\n".join(saved), "ip6": ""}}
+    assert fact.process([]) is None
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"), False),
+    (("-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"), False),
+    (("-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT"), True),
+    (("-m", "conntrack", "!", "--ctstate", "NEW", "-j", "DROP"), False),
+    (("-m", "conntrack", "--ctstatus", "DNAT", "-j", "ACCEPT"), None),
+    (("-m", "addrtype", "--dst-type", "LOCAL", "-j", "RETURN"), True),
+    (("-m", "addrtype", "--dst-type", "BROADCAST", "-j", "RETURN"), False),
+    (("-m", "addrtype", "--src-type", "LOCAL", "-j", "RETURN"), None),
+    (("-p", "tcp", "--dport", "22", "-m", "comment", "--comment", "'dapp_OpenSSH'", "-j", "ACCEPT"), True),
+    (("-m", "rt", "--rt-type", "0", "-j", "DROP"), False),
+    (("-m", "recent", "--update", "-j", "DROP"), None),
+])
+def test_xt_matches_from_their_iptables_options(argv, expected):
+    name = argv[argv.index("-m") + 1]
+    assert xt_match(name, argv, Packet("enp1s0", 4000)) is expected
+    assert xt_match(name, None, Packet("enp1s0", 4000)) is None

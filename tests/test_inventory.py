@@ -125,6 +125,24 @@ def test_homelab_is_the_reference_setup():
     assert router_route(inv, p620).url == "http://127.0.0.1:4000"
     assert router_route(inv, razer).url == "https://p620.tail1234.ts.net/router"
     assert router_interfaces(p620) == ["lo", "tailscale0", "enp1s0"]
+    assert router_route(inv, razer).caddy_ca_of is None
+
+
+def test_caddy_route_names_the_ca_to_trust():
+    inv = load_inventory(EXAMPLES[0])
+    exposure = inv.hosts["p620"].server.exposure
+    caddy_front = exposure.model_copy(update={
+        "tailscale_serve": exposure.tailscale_serve.model_copy(update={"enabled": False}),
+        "caddy": exposure.caddy.model_copy(update={"enabled": True, "site_names": ["llm.home.arpa"],
+                                                   "https_port": 8443}),
+    })
+    server = inv.hosts["p620"].server.model_copy(update={"exposure": caddy_front})
+    hosts = {**inv.hosts, "p620": inv.hosts["p620"].model_copy(update={"server": server})}
+    inv = inv.model_copy(update={"hosts": hosts})
+    route = router_route(inv, inv.hosts["razer"])
+    assert (route.url, route.caddy_ca_of) == ("https://llm.home.arpa:8443/router", "p620")
+    # The server itself goes over loopback: no CA involved.
+    assert router_route(inv, inv.hosts["p620"]).caddy_ca_of is None
 
 
 def test_schema_file_is_current():
@@ -303,3 +321,12 @@ def test_mutations_load_or_raise_our_error(tmp_path, text):
         for diagnostic in exc.diagnostics:
             assert diagnostic.line >= 1 and diagnostic.column >= 1
             assert diagnostic.message
+
+
+def test_caddy_refuses_magicdns_names_it_would_not_serve_with_its_own_ca():
+    from pydantic import ValidationError
+
+    from inventory.model import Caddy
+    with pytest.raises(ValidationError, match="tailscaled"):
+        Caddy(enabled=True, site_names=["p620.tail1234.ts.net"])
+    assert Caddy(enabled=True, site_names=["llm.home.arpa"]).site_names == ["llm.home.arpa"]

@@ -57,6 +57,12 @@ def test_public_peer_is_refused_even_when_routing_to_lan_and_tailnet_addresses(d
     assert tcp("public", address, 4000) == "refused"
 
 
+def test_tailscale_serve_port_answers_the_tailnet_only(deployed):
+    """The HTTPS front on the tailnet address: Linux would also answer a peer routing to it via wan0."""
+    assert tcp("tailnet", P620_TAILNET, 443) == "open"
+    assert tcp("public", P620_TAILNET, 443) == "refused"
+
+
 @pytest.mark.parametrize("peer,address", [("lan", P620_LAN), ("tailnet", P620_TAILNET), ("public", P620_WAN),
                                           ("public", P620_LAN)])
 def test_ollama_port_refused_from_every_peer(deployed, peer, address):

@@ -96,6 +96,8 @@ class RouterConfig:
     extra_router_urls: tuple[str, ...] = ()
     disable_nonessential_traffic: bool = True
     helper_command: str | None = DEFAULT_HELPER_COMMAND
+    # CA certificate of a private router front (Caddy `tls internal`); None: a publicly trusted one.
+    ca_file: str | None = None
     path: str = DEFAULT_CONFIG_PATH
 
     @property
@@ -147,6 +149,7 @@ def parse_config(raw: Any, path: str) -> RouterConfig:
         helper_command=(
             string("helper_command", False) if "helper_command" in raw else DEFAULT_HELPER_COMMAND
         ),
+        ca_file=string("ca_file", False),
         path=path,
     )
 
@@ -196,6 +199,9 @@ def router_override(config: RouterConfig, model: str) -> dict[str, dict[str, Any
     if config.disable_nonessential_traffic:
         # A repository on the private router should not phone home for telemetry/updates.
         env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] = "1"
+    if config.ca_file:
+        # Claude Code (Bun) trusts its bundled roots plus this file, not the system store.
+        env["NODE_EXTRA_CA_CERTS"] = config.ca_file
     top: dict[str, Any] = {"model": model}
     if config.helper_command:
         # Repository-level apiKeyHelper: the router key reaches the router even when the user's
