@@ -128,6 +128,9 @@ def deploy_figures(label: str, env: dict[str, str], inventory: Path, runs: int, 
         apply(env)
     noop, dry = [], []
     counts: dict[str, int] = {}
+    # The no-op runs record each host's state command here; start empty so the floor runs exactly
+    # this inventory's hosts (not those of an earlier 8-host run).
+    (BENCH_DIR / "state-commands.json").unlink(missing_ok=True)
     for _ in range(runs):
         since = time.time()
         elapsed, _ = apply({**env, STATE_DUMP_ENV: str(BENCH_DIR / "state-commands.json")})

@@ -22,13 +22,13 @@ import re
 import shlex
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pyinfra import host as current_host
 from pyinfra.api import FileUploadCommand, deploy, operation
 from pyinfra.api.exceptions import OperationError
 from pyinfra.facts.server import LinuxDistribution
 
 from deploys import ops
+from deploys.render import render
 from inventory.derive import ollama_archives, ollama_environment
 from inventory.model import Acceleration, Host, Inventory, Ollama
 
@@ -295,9 +295,7 @@ def loader_unit_context(ollama: Ollama) -> dict[str, list[tuple[str, str]]]:
 
 
 def render_unit(template: str, context: dict[str, list[tuple[str, str]]]) -> str:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
-    return env.get_template(template).render(**context)
+    return render(f"ollama/{template}", **context)
 
 
 def render_ollama_unit(ollama: Ollama) -> str:

@@ -66,7 +66,7 @@ CHECK_UNIT_SOURCE = f"{STAGED_DIR}/llm-router-check.service"
 SERVICE_USER = LAYOUT.service_user
 # Loopback port of the throwaway instance that proves a new config/venv/unit starts before the swap.
 CHECK_PORT_OFFSET = 1
-READY_TIMEOUT_S = 120  # LiteLLM imports for 10-30 s on a small host; bounded all the same
+READY_TIMEOUT_S = 300  # LiteLLM imports for 10-30 s on a quiet small host, minutes on a loaded one
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "router"
 
@@ -413,8 +413,12 @@ if [ -n "$previous" ]; then
         router_log "$UNIT" "$started"
     fi
 else
+    # A first install that never came up: back to "not installed", so the next apply starts afresh
+    # (no half-activated `current` link left that would make it skip the activation).
     systemctl stop "$UNIT" 2>/dev/null
-    say "there was no previous version to restore; the router is stopped"
+    rm -f "$CURRENT"
+    systemctl daemon-reload
+    say "there was no previous version to restore; the router is stopped and not installed"
 fi
 rm -rf "$BACKUP"
 exit 1

@@ -35,6 +35,13 @@ AUTH_HOOK_MODULE = "llm_router_auth"
 AUTH_HOOK_FUNCTION = f"{AUTH_HOOK_MODULE}.user_api_key_auth"
 # systemd credential name of the master key (LoadCredential=NAME:PATH).
 MASTER_KEY_CREDENTIAL = "master-key"
+# model_info rates that mark a model free: LiteLLM's cost check ends early for explicit zeros.
+FREE_MODEL_RATES: tuple[str, ...] = (
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_creation_input_token_cost",
+    "cache_read_input_token_cost",
+)
 # Resident memory of one LiteLLM 1.108 worker, measured: 330 MB after start, ~400 MB after
 # requests; rounded up.
 WORKER_MEMORY_BYTES = 450 * 1024**2
@@ -118,12 +125,14 @@ def model_info(entry: CatalogueModel) -> dict[str, Any]:
     """What LiteLLM reports about a model (/v1/models, /model/info) and uses for its checks.
 
     Without it /v1/models would show the cloud model's window for an alias that happens to be
-    a cloud model's name (1M tokens for claude-sonnet-4-6). No prices: a local model is not in
-    LiteLLM's cost map, so its spend is 0, and prices here make every worker log a warning per
-    model at start."""
+    a cloud model's name (1M tokens for claude-sonnet-4-6). Prices: explicitly 0 (a local
+    model is free). Without them LiteLLM runs its zero-cost diagnostic on every answer
+    (deep-walks the pricing entry, ~5 ms of CPU a request); with the input/output rates alone
+    it warns at start that the cache rates default to 0."""
     caps = entry.capabilities
     return {
         "mode": "embedding" if caps == frozenset({Capability.embedding}) else "chat",
+        **dict.fromkeys(FREE_MODEL_RATES, 0),
         # Ollama's window is shared by prompt and answer: both bounded by the context length.
         "max_input_tokens": entry.context_length,
         "max_output_tokens": entry.context_length,

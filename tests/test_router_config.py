@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from deploys.render import render
 from deploys.router_config import (
     AUTH_HOOK_FUNCTION,
+    FREE_MODEL_RATES,
     MASTER_KEY_CREDENTIAL,
     SUPERVISOR_MEMORY_BYTES,
     THINKING_PARAMS,
@@ -101,6 +102,18 @@ def test_model_info_carries_the_catalogue_context_and_capabilities(inv, host) ->
         # Ollama runs the model at its catalogue context when that differs from the server default.
         expected_num_ctx = None if model.context_length == host.server.ollama.context_length else model.context_length
         assert entry["litellm_params"].get("num_ctx") == expected_num_ctx
+
+
+@pytest.mark.parametrize(("inv", "host"), ALL_SERVERS, ids=lambda v: getattr(v, "name", ""))
+def test_every_deployment_is_explicitly_free(inv, host) -> None:
+    """Explicit 0 rates (input, output and both cache rates): LiteLLM's per-request zero-cost
+    diagnostic stops early for them, and it does not warn at start about missing cache rates."""
+    assert set(FREE_MODEL_RATES) >= {"input_cost_per_token", "output_cost_per_token",
+                                      "cache_creation_input_token_cost", "cache_read_input_token_cost"}
+    for entry in build_litellm_config(inv, host)["model_list"]:
+        info = entry["model_info"]
+        for rate in FREE_MODEL_RATES:
+            assert info[rate] == 0 and not isinstance(info[rate], bool), (entry["model_name"], rate)
 
 
 def test_lab_has_wildcards_for_claude_codes_dated_ids(lab_inventory) -> None:

@@ -550,6 +550,70 @@ def test_auth_hook_parsing_matching_and_routes(litellm_venv: Path) -> None:
     }
 
 
+SPEEDUP_CHECKS = r"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("llm_router_auth", sys.argv[1])
+hook = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(hook)  # installs the speed-ups, as in the router
+import litellm
+from fastapi import APIRouter, FastAPI
+from litellm.llms.ollama.common_utils import OllamaModelInfo
+from litellm.proxy import _lazy_features
+results = {}
+
+# The cached static-model check answers as before, and sees a model registered later.
+name = "ollama_chat/llm-router-test-model:1b"
+results["static before"] = [OllamaModelInfo._is_static_ollama_model(m) for m in ("ollama/llama3", name)]
+litellm.register_model({name: {"litellm_provider": "ollama", "mode": "chat",
+                               "input_cost_per_token": 0, "output_cost_per_token": 0}})
+results["static after register"] = OllamaModelInfo._is_static_ollama_model(name)
+
+def router(*paths):
+    r = APIRouter()
+    for path in paths:
+        r.add_api_route(path, lambda: None, methods=["POST"])
+    return r
+
+def order(*routers):
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    for r in routers:
+        app.include_router(r)
+    first_paths = lambda routes: [[x.path for x in r.original_router.routes] if hasattr(r, "original_router")
+                                  else [getattr(r, "path", "?")] for r in routes]
+    return first_paths(_lazy_features.hot_routes_first(app.router.routes))
+
+# A late included router serving /v1/messages moves to the front...
+results["hoisted"] = order(router("/a"), router("/b/{x}"), router("/v1/messages", "/v1/messages/count_tokens"))
+# ...but not past a route that already answers one of its paths (precedence unchanged).
+results["shadowed"] = order(router("/v1/{rest:path}"), router("/v1/messages"))
+print(json.dumps(results))
+"""
+
+
+def test_speedups_keep_litellms_answers(litellm_venv: Path) -> None:
+    """The hook's speed-ups of LiteLLM's request path, run by the router venv's python."""
+    result = subprocess.run([str(litellm_venv / "bin" / "python"), "-c", SPEEDUP_CHECKS,
+                             str(TEMPLATES / "llm_router_auth.py")], check=True, capture_output=True, text=True,
+                            env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}, timeout=180)
+    assert "speed-ups: otel-import=on ollama-static-model=on hot-routes=on" in result.stderr
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    assert results["static before"] == [True, False]
+    assert results["static after register"] is True
+    assert results["hoisted"] == [["/v1/messages", "/v1/messages/count_tokens"], ["/a"], ["/b/{x}"]]
+    assert results["shadowed"] == [["/v1/{rest:path}"], ["/v1/messages"]]
+
+
+def test_the_router_runs_with_the_speedups_and_without_cost_warnings(router: Router) -> None:
+    headers = router.key_headers(router.client_keys["p620"])
+    for _ in range(3):
+        assert http("POST", f"{router.url}/v1/messages", messages_body("claude-sonnet-4-6", "hi"), headers).status == 200
+    log = router.log()
+    assert "speed-ups: otel-import=on ollama-static-model=on hot-routes=on" in log
+    # Explicitly free deployments: no start warning about cache rates, no $0 diagnostic.
+    assert "has custom pricing but not in built-in cost map" not in log
+    assert "priced at $0" not in log
+
+
 # --- figures (printed, not asserted) ------------------------------------------------------------
 
 

@@ -81,6 +81,9 @@ def _think_requested(think: Any) -> bool:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # As Ollama (Go's net/http sets TCP_NODELAY on every connection): headers and body go out as
+    # two writes, and with Nagle a kept-alive client would wait ~40 ms for its delayed ACK each time.
+    disable_nagle_algorithm = True
     state: OllamaState  # set on the subclass made by make_server
 
     def version_string(self) -> str:
