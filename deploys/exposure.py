@@ -284,14 +284,15 @@ def nft_removed():
 
 
 @operation()
-def nftables_enabled_at_boot():
-    """nftables.service loads /etc/nftables.conf (and so our include) at boot. Never started here:
-    its config begins with `flush ruleset`, which would wipe every other table now."""
-    unit = ops.snapshot().units.get("nftables.service")
+def enabled_at_boot_by_us(unit_name: str, marker: str):
+    """The unit enabled for boot (not started), with a marker saying we did it, so that turning the
+    feature off disables only what was ours to enable. nftables.service is never started here: its
+    config begins with `flush ruleset`, which would wipe every other table now."""
+    unit = ops.snapshot().units.get(unit_name)
     if unit is not None and unit.enabled == "enabled":
-        host.noop("nftables.service is enabled")
+        host.noop(f"{unit_name} is enabled")
         return
-    yield f"systemctl enable nftables.service && touch {NFT_ENABLED_MARKER}"
+    yield f"systemctl enable {unit_name} && touch {marker}"
 
 
 @operation()
@@ -358,15 +359,6 @@ def caddy_config_valid(config_changed: bool):
         host.noop("Caddyfile unchanged")
         return
     yield f"caddy validate --adapter caddyfile --config {CADDYFILE} >/dev/null"
-
-
-@operation()
-def caddy_enabled_by_us():
-    unit = ops.snapshot().units.get("caddy.service")
-    if unit is not None and unit.enabled == "enabled":
-        host.noop("caddy.service is enabled")
-        return
-    yield f"systemctl enable caddy.service && touch {CADDY_ENABLED_MARKER}"
 
 
 @operation()
@@ -458,7 +450,7 @@ def exposure(inv: Inventory, host_model: Host) -> None:
         nft_loaded(ops.changed(ruleset), name=f"Load table {NFT_FAMILY} {NFT_TABLE}")
         if backend == "nftables":
             nft_included(name=f"Include {NFT_FILE} from {NFT_CONF}")
-            nftables_enabled_at_boot(name="nftables.service loads the ruleset at boot")
+            enabled_at_boot_by_us("nftables.service", NFT_ENABLED_MARKER, name="nftables.service loads the ruleset at boot")
         else:
             unit_file = ops.file(BOOT_UNIT_PATH, boot_unit(), name=f"Unit {BOOT_UNIT}")
             ops.unit(BOOT_UNIT, enabled=True, running=None, daemon_reload=ops.changed(unit_file),
@@ -481,7 +473,7 @@ def exposure(inv: Inventory, host_model: Host) -> None:
         caddy_config_valid(ops.changed(config), name="caddy validate")
         ops.directory(str(Path(CADDY_DROP_IN).parent), mode="755", name="caddy.service.d")
         drop_in = ops.file(CADDY_DROP_IN, CADDY_DROP_IN_TEXT, name="caddy.service starts after tailscaled")
-        caddy_enabled_by_us(name="caddy.service enabled at boot")
+        enabled_at_boot_by_us("caddy.service", CADDY_ENABLED_MARKER, name="caddy.service enabled at boot")
         ops.unit("caddy.service", enabled=True, running=True, restart=ops.changed(config, drop_in),
                  daemon_reload=ops.changed(drop_in), name="caddy serves the router")
         caddy_root_ca_exported(caddy_root_ca_copy(inv, host_model.name),
