@@ -23,6 +23,7 @@ from pyinfra.api.exceptions import DeployError
 
 from deploys import ops
 from deploys.render import render
+from deploys.secrets import secrets_dir
 from facts.tailscale import parse_tailscale_serve, serve_route_for_path
 from inventory.derive import router_interfaces
 from inventory.model import Host, Inventory, Server
@@ -165,6 +166,13 @@ def caddyfile(host_model: Host) -> str:
 def caddy_root_ca_copy(inv: Inventory, server_name: str) -> Path:
     """Where the workstation keeps the server's Caddy root CA certificate (public) for client deploys."""
     return inv.secrets_path / "ca" / f"{server_name}-caddy-root.crt"
+
+
+def caddy_root_ca_dir(inv: Inventory) -> Path:
+    """The directory of those copies, inside the secrets directory (created 0700 if missing)."""
+    path = secrets_dir(inv) / "ca"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
 
 
 def boot_unit() -> str:
@@ -369,7 +377,6 @@ def caddy_root_ca_exported(local_copy: Path):
             and hashlib.sha256(local_copy.read_bytes()).hexdigest() == remote.sha256):
         host.noop(f"{local_copy} matches {CADDY_ROOT_CA}")
         return
-    local_copy.parent.mkdir(parents=True, exist_ok=True)
     # Caddy writes its CA while it provisions `tls internal`; wait for it after a (re)start.
     yield (f"for i in $(seq 100); do test -s {CADDY_ROOT_CA} && exit 0; sleep 0.1; done; "
            f"echo 'caddy created no root CA at {CADDY_ROOT_CA}: journalctl -u caddy' >&2; exit 1")
@@ -476,6 +483,7 @@ def exposure(inv: Inventory, host_model: Host) -> None:
         enabled_at_boot_by_us("caddy.service", CADDY_ENABLED_MARKER, name="caddy.service enabled at boot")
         ops.unit("caddy.service", enabled=True, running=True, restart=ops.changed(config, drop_in),
                  daemon_reload=ops.changed(drop_in), name="caddy serves the router")
+        caddy_root_ca_dir(inv)
         caddy_root_ca_exported(caddy_root_ca_copy(inv, host_model.name),
                                name="Export Caddy's root CA to the workstation")
     else:

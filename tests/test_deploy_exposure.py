@@ -284,6 +284,7 @@ def caddy_inventory(tmp_path: Path):
     from lab.variants import write_variant
 
     def caddy_front(data: dict) -> None:
+        data["secrets_dir"] = str(tmp_path / "secrets")  # never the lab's own secrets directory
         exposure_section = data["hosts"]["p620"]["server"]["exposure"]
         exposure_section["tailscale_serve"] = {"enabled": False}
         exposure_section["caddy"] = {"enabled": True, "site_names": ["llm.home.arpa"]}
@@ -322,7 +323,7 @@ def test_converged_caddy_host_yields_no_commands(tmp_path):
     inv = caddy_inventory(tmp_path)
     ca = b"-----BEGIN CERTIFICATE-----\nlab\n-----END CERTIFICATE-----\n"
     copy = exposure.caddy_root_ca_copy(inv, "p620")
-    copy.parent.mkdir(parents=True, exist_ok=True)
+    exposure.caddy_root_ca_dir(inv)
     copy.write_bytes(ca)
     snap = converged()
     caddyfile = exposure.caddyfile(inv.hosts["p620"]).encode()
