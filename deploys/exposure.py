@@ -268,27 +268,51 @@ def nft_included():
            f"printf '%s\\n%s\\n' {shlex.quote(_INCLUDE_COMMENT)} {shlex.quote(NFT_INCLUDE)} >> {NFT_CONF}")
 
 
-@operation()
-def nft_removed():
-    """Our table, its file, include lines and boot unit gone; nftables.service as it was before us."""
-    snap = ops.snapshot()
-    table, include = snap.probes.get(PROBE_NFT_TABLE), snap.probes.get(PROBE_NFT_INCLUDE)
+def _undo_nftables_service_boot(snap) -> list[str]:
+    """Commands that take back the include line and the nftables.service we enabled."""
+    include = snap.probes.get(PROBE_NFT_INCLUDE)
     commands = []
-    if table is not None and table.status == 0:
-        commands.append(f"nft delete table {NFT_FAMILY} {NFT_TABLE}")
     if include is not None and include.status == 0:
         # Delete exactly the two lines nft_included appended, nothing else of the admin's file.
         commands.append(f"sed -i -e {shlex.quote(_SED_DELETE_INCLUDE)} {NFT_CONF}")
     if snap.path(NFT_ENABLED_MARKER).kind != "absent":
         commands.append(f"systemctl disable nftables.service && rm -f {NFT_ENABLED_MARKER}")
-    if snap.path(BOOT_UNIT_PATH).kind != "absent":
-        commands.append(f"systemctl disable {BOOT_UNIT} && rm -f {BOOT_UNIT_PATH} && systemctl daemon-reload")
+    return commands
+
+
+def _undo_boot_unit(snap) -> list[str]:
+    if snap.path(BOOT_UNIT_PATH).kind == "absent":
+        return []
+    return [f"systemctl disable {BOOT_UNIT} && rm -f {BOOT_UNIT_PATH} && systemctl daemon-reload"]
+
+
+@operation()
+def nft_removed():
+    """Our table, its file, include lines and boot unit gone; nftables.service as it was before us."""
+    snap = ops.snapshot()
+    table = snap.probes.get(PROBE_NFT_TABLE)
+    commands = []
+    if table is not None and table.status == 0:
+        commands.append(f"nft delete table {NFT_FAMILY} {NFT_TABLE}")
+    commands += _undo_nftables_service_boot(snap) + _undo_boot_unit(snap)
     if snap.path(NFT_FILE).kind != "absent":
         commands.append(f"rm -f {NFT_FILE} && rmdir --ignore-fail-on-non-empty {NFT_DIR}")
     if commands:
         yield " && ".join(commands)
     else:
         host.noop("no llm-router firewall table")
+
+
+@operation()
+def other_backend_boot_undone(backend: str):
+    """After a change of firewall backend, the previous backend's way of loading our table at boot goes:
+    nftables.service (its `flush ruleset` would wipe firewalld's or ufw's rules) or our own unit."""
+    snap = ops.snapshot()
+    commands = _undo_boot_unit(snap) if backend == "nftables" else _undo_nftables_service_boot(snap)
+    if commands:
+        yield " && ".join(commands)
+    else:
+        host.noop("no boot loader of another firewall backend")
 
 
 @operation()
@@ -455,6 +479,7 @@ def exposure(inv: Inventory, host_model: Host) -> None:
         ops.directory(NFT_DIR, mode="755", name=f"Directory {NFT_DIR}")
         ruleset = ops.file(NFT_FILE, nft_ruleset(host_model), mode="644", name=f"nftables table {NFT_TABLE}")
         nft_loaded(ops.changed(ruleset), name=f"Load table {NFT_FAMILY} {NFT_TABLE}")
+        other_backend_boot_undone(backend, name="Nothing left of another firewall backend's boot")
         if backend == "nftables":
             nft_included(name=f"Include {NFT_FILE} from {NFT_CONF}")
             enabled_at_boot_by_us("nftables.service", NFT_ENABLED_MARKER, name="nftables.service loads the ruleset at boot")

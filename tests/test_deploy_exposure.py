@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -354,3 +355,33 @@ def test_caddy_off_restores_the_admins_caddyfile_and_disables_what_we_enabled():
     assert list(found.values()) == [[
         (f"systemctl disable --now caddy.service && rm -f {exposure.CADDY_ENABLED_MARKER} && "
          f"mv -f {exposure.CADDYFILE_ORIGINAL} {exposure.CADDYFILE}")]]
+
+
+# --- a change of firewall backend -----------------------------------------------------------
+
+
+def test_nftables_host_that_turns_on_ufw_gives_up_nftables_service_we_enabled():
+    snap = converged()  # deployed as an nftables host: include line present, nftables.service enabled by us
+    snap.paths[exposure.NFT_ENABLED_MARKER] = PathState("file", "644", "root", "root", "")
+    snap.probes[exposure.PROBE_UFW] = Probe(0, UFW_OPENED)
+    found = changes(run(snap))
+    undo = next(commands for name, commands in found.items() if "another firewall backend" in name)
+    assert undo == [(f"sed -i -e {shlex.quote(exposure._SED_DELETE_INCLUDE)} {exposure.NFT_CONF} && "
+                     f"systemctl disable nftables.service && rm -f {exposure.NFT_ENABLED_MARKER}")]
+
+
+def test_nftables_service_the_admin_enabled_is_left_alone_on_a_switch():
+    snap = converged()
+    snap.probes[exposure.PROBE_UFW] = Probe(0, UFW_OPENED)
+    snap.probes[exposure.PROBE_NFT_INCLUDE] = Probe(1, "")  # no include line of ours, no marker
+    found = changes(run(snap))
+    assert not any("another firewall backend" in name for name in found)
+
+
+def test_ufw_host_back_on_plain_nftables_drops_our_boot_unit():
+    snap = converged()
+    snap.paths[exposure.BOOT_UNIT_PATH] = PathState("file", "644", "root", "root", "0" * 64)
+    found = changes(run(snap))
+    undo = next(commands for name, commands in found.items() if "another firewall backend" in name)
+    assert undo == [(f"systemctl disable {exposure.BOOT_UNIT} && rm -f {exposure.BOOT_UNIT_PATH} && "
+                     "systemctl daemon-reload")]
