@@ -32,7 +32,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,17 +49,12 @@ from ruamel.yaml import YAML
 from bench.__main__ import LOAD_SCRIPT, percentile
 from deploys.keys import hashes_document, render_hashes
 from deploys.router_config import (
-    MASTER_KEY_CREDENTIAL,
-    RouterLayout,
     build_litellm_config,
-    dump_config_yaml,
-    router_command,
-    router_environment,
 )
 from inventory.load import load_inventory
+from lab.local_router import LocalRouter, RouterNotLive, free_port, start_local_router, wait_live
 
 REPO = Path(__file__).resolve().parent.parent
-TEMPLATES = REPO / "templates" / "router"
 MODEL = "qwen3.6:27b"
 ALIAS = "claude-sonnet-4-6"
 START_TIMEOUT_S = 240
@@ -69,26 +63,11 @@ ROUTED_BODY = {"model": ALIAS, "max_tokens": 16, "messages": [{"role": "user", "
 DIRECT_BODY = {"model": MODEL, "stream": False, "messages": [{"role": "user", "content": "hi"}]}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_until_live(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"{url}: exited with {process.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as reply:
-                if reply.status == 200:
-                    return
-        except (OSError, urllib.error.HTTPError):
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{url}: not live after {timeout}s:\n{log.read_text(errors='replace')[-4000:]}")
-        time.sleep(0.5)
+    try:
+        wait_live(url, process, log, timeout)
+    except RouterNotLive as err:
+        raise SystemExit(str(err)) from None
 
 
 def post(url: str, body: dict[str, Any]) -> int:
@@ -131,17 +110,15 @@ class Variant:
 @dataclass
 class Router:
     variant: Variant
-    url: str
-    process: subprocess.Popen
-    log: Path
+    local: LocalRouter
 
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+    @property
+    def url(self) -> str:
+        return self.local.url
+
+    @property
+    def process(self) -> subprocess.Popen:
+        return self.local.process
 
 
 def start_standin(root: Path) -> tuple[str, subprocess.Popen]:
@@ -172,36 +149,16 @@ def lab_inventory(ollama_port: int, root: Path):
 def start_router(variant: Variant, venv: Path, ollama_port: int, root: Path, master_key: str,
                  hashes_text: str) -> Router:
     base = root / variant.name
-    etc, credentials, state, cache = (base / d for d in ("etc", "credentials", "state", "cache"))
-    for directory in (etc, credentials, state, cache):
-        directory.mkdir(parents=True, mode=0o700)
+    base.mkdir(parents=True)
     inventory = lab_inventory(ollama_port, base)
-    layout = RouterLayout(etc_dir=str(etc), install_root=str(base))
     config = merge(build_litellm_config(inventory, "p620"), variant.config)
     for entry in config["model_list"]:
         entry["model_info"] = merge(entry["model_info"], variant.model_info)
-    (etc / "config.yaml").write_text(dump_config_yaml(config))
-    shutil.copy(variant.hook or TEMPLATES / "llm_router_auth.py", etc / "llm_router_auth.py")
-    Path(layout.launcher_file).parent.mkdir()
-    shutil.copy(TEMPLATES / "llm_router_launch.py", layout.launcher_file)
-    (credentials / MASTER_KEY_CREDENTIAL).write_text(master_key + "\n")
-    (etc / "client-keys.json").write_text(hashes_text)
-    port = free_port()
-    argv = router_command(inventory.hosts["p620"].server, variant.workers, layout, venv=variant.venv or str(venv),
-                          bind="127.0.0.1", port=port) + variant.args
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("LITELLM_", "PIP_"))}
-    environment |= router_environment(layout)
-    environment |= {"HOME": str(state), "XDG_CACHE_HOME": str(cache), "CREDENTIALS_DIRECTORY": str(credentials)}
-    for key, value in variant.env.items():
-        if value is None:
-            environment.pop(key, None)
-        else:
-            environment[key] = value
-    log = base / "router.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   cwd=state, env=environment, start_new_session=True)
-    return Router(variant, f"http://127.0.0.1:{port}", process, log)
+    local = start_local_router(base, inventory, Path(variant.venv) if variant.venv else venv, master_key, hashes_text,
+                               workers=variant.workers, config=config,
+                               hook=Path(variant.hook) if variant.hook else None, extra_args=variant.args,
+                               env=variant.env)
+    return Router(variant, local)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -301,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         routers = [start_router(v, venv, ollama_port, root, master_key, hashes_text) for v in variants]
         started = time.monotonic()
         for router in routers:
-            wait_until_live(f"{router.url}/health/liveliness", router.process, router.log, START_TIMEOUT_S)
+            wait_until_live(f"{router.url}/health/liveliness", router.process, router.local.log_file,
+                            START_TIMEOUT_S)
         print(f"{len(routers)} router(s) live after {time.monotonic() - started:.0f}s; logs in {root}")
         for router in routers:  # warm up: imports on first request, connection pools
             load(f"{router.url}/v1/messages", key_file, ROUTED_BODY, 1, 20, args.time_limit)
@@ -350,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         for router in routers:
-            router.stop()
+            router.local.stop()
         standin.terminate()
         standin.wait(timeout=10)
         if not args.keep:

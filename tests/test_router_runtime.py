@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import socket
 import statistics
 import subprocess
 import threading
@@ -32,16 +30,9 @@ import pytest
 from ruamel.yaml import YAML
 
 from deploys.keys import hashes_document, render_hashes
-from deploys.router_config import (
-    MASTER_KEY_CREDENTIAL,
-    RouterLayout,
-    build_litellm_config,
-    dump_config_yaml,
-    router_command,
-    router_environment,
-)
 from inventory.load import load_inventory
 from lab import wheelhouse
+from lab.local_router import RouterNotLive, start_local_router
 from lab.standins.ollama.server import make_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,12 +50,6 @@ WEATHER_TOOL = {
 
 
 # --- helpers ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -230,56 +215,19 @@ def new_key() -> str:
 @pytest.fixture(scope="module")
 def router(litellm_venv: Path, ollama: Ollama, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
     root = tmp_path_factory.mktemp("router")
-    etc, credentials, state, cache = (root / d for d in ("etc", "credentials", "state", "cache"))
-    for directory in (etc, credentials, state, cache):
-        directory.mkdir(mode=0o700)
     inventory = lab_inventory_for(ollama.port, root)
-    layout = RouterLayout(etc_dir=str(etc), install_root=str(root))
-
-    (etc / "config.yaml").write_text(dump_config_yaml(build_litellm_config(inventory, "p620")))
-    shutil.copy(TEMPLATES / "llm_router_auth.py", etc / "llm_router_auth.py")
-    Path(layout.launcher_file).parent.mkdir()
-    shutil.copy(TEMPLATES / "llm_router_launch.py", layout.launcher_file)
-
     master_key = new_key()
-    (credentials / MASTER_KEY_CREDENTIAL).write_text(master_key + "\n")
     client_keys = {"razer": new_key(), "p620": new_key()}
-    hashes_file = etc / "client-keys.json"
-    write_atomically(hashes_file, render_hashes(hashes_document({c: [k] for c, k in client_keys.items()})))
-
-    port = free_port()
-    argv = router_command(inventory.hosts["p620"].server, 1, layout, venv=str(litellm_venv),
-                          bind="127.0.0.1", port=port)
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("LITELLM_", "PIP_"))}
-    environment |= router_environment(layout)
-    environment |= {"HOME": str(state), "XDG_CACHE_HOME": str(cache), "CREDENTIALS_DIRECTORY": str(credentials)}
-    log_file = root / "router.log"
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   cwd=state, env=environment, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
+    hashes = render_hashes(hashes_document({c: [k] for c, k in client_keys.items()}))
+    local = start_local_router(root, inventory, litellm_venv, master_key, hashes)
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"LiteLLM exited with {process.returncode}:\n{log_file.read_text()[-4000:]}")
-            try:
-                if http("GET", f"{url}/health/liveliness").status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"LiteLLM not live after {START_TIMEOUT_S}s:\n{log_file.read_text()[-4000:]}")
-            time.sleep(0.5)
-        print(f"\nLiteLLM live after {START_TIMEOUT_S - (deadline - time.monotonic()):.1f}s")
-        yield Router(url, master_key, client_keys, hashes_file, log_file, process, inventory)
-    finally:
-        process.terminate()
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+            print(f"\nLiteLLM live after {local.wait_live(START_TIMEOUT_S):.1f}s")
+        except RouterNotLive as err:
+            pytest.fail(str(err))
+        yield Router(local.url, master_key, client_keys, local.hashes_file, local.log_file, local.process, inventory)
+    finally:
+        local.stop()
 
 
 # --- Anthropic /v1/messages -----------------------------------------------------------------
