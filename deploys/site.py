@@ -14,7 +14,7 @@ from types import ModuleType
 
 from pyinfra import host
 
-from deploys import client, exposure, keys, ollama, op_order, ops, router
+from deploys import client, exposure, gc_freeze, keys, ollama, op_order, ops, router
 from deploys.nodelay import set_nodelay
 from inventory.model import Host, Inventory
 
@@ -41,6 +41,7 @@ this_host: Host = host.data.llm_host
 
 set_nodelay(host)
 op_order.install()  # same order, without inspect.stack() per operation
+gc_freeze.install()  # the collector stops rescanning what lives until exit anyway
 
 if this_host.is_server:
     ollama.declare(inventory, this_host)

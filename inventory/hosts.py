@@ -39,7 +39,7 @@ def pyinfra_groups(inv: Inventory) -> dict[str, list[tuple[str, dict]]]:
 
 
 try:
-    _inventory = load_inventory(inventory_path_from_env())
+    _inventory = load_inventory(inventory_path_from_env(), cache=True)
 except InventoryError as _error:
     # pyinfra would print a traceback; the diagnostics say everything needed.
     print(_error, file=sys.stderr)

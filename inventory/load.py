@@ -6,22 +6,27 @@ Every error names file:line:column, the key path, and what to do; no traceback.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
+import pickle
+import sys
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from inventory.model import Inventory
 from inventory.rules import CrossFieldError
 
+if TYPE_CHECKING:
+    from ruamel.yaml.comments import CommentedMap
+
 DEFAULT_INVENTORY = Path("inventory/homelab.yaml")
 INVENTORY_ENV = "LLM_ROUTER_INVENTORY"
+# load_inventory(cache=True): one validated inventory per inventory file.
+CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "inventory"
 
 
 @dataclass(frozen=True)
@@ -49,28 +54,80 @@ def inventory_path_from_env() -> Path:
     return Path(os.environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
 
 
-def load_inventory(path: Path | str) -> Inventory:
+def load_inventory(path: Path | str, cache: bool = False) -> Inventory:
+    """The validated inventory at `path`.
+
+    `cache`: keep the validated model per inventory file (.cache/inventory) and reuse it while the
+    file, our model code and pydantic are unchanged; a re-run then skips parsing the YAML and
+    building pydantic's validators (~60 ms of every pyinfra run, see inventory/hosts.py).
+    """
     path = Path(path)
-    document = _parse_yaml(path)
-    try:
-        inventory = Inventory.model_validate(_plain(document))
-    except ValidationError as exc:
-        raise InventoryError(_diagnostics(path, document, exc)) from None
+    text = _read(path)
+    cache_file = CACHE_DIR / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.pickle"
+    key = _cache_key(text) if cache else ""
+    inventory = _cached(cache_file, key) if cache else None
+    if inventory is None:
+        document = _parse_yaml(path, text)
+        try:
+            inventory = Inventory.model_validate(_plain(document))
+        except ValidationError as exc:
+            raise InventoryError(_diagnostics(path, document, exc)) from None
+        if cache:
+            _store(cache_file, key, inventory)
     inventory._source = path.resolve()
     return inventory
 
 
-# --- YAML -------------------------------------------------------------------------
+# --- cache of validated inventories -------------------------------------------------
 
 
-def _parse_yaml(path: Path) -> CommentedMap:
+def _cache_key(text: str) -> str:
+    """Everything validation depends on: the YAML, our model code, pydantic's and Python's versions."""
+    digest = hashlib.sha256(text.encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    digest.update(f"{version('pydantic')} {version('pydantic_core')} {sys.version}".encode())
+    return digest.hexdigest()
+
+
+def _cached(cache_file: Path, key: str) -> Inventory | None:
+    # A pickle runs code as it loads: the cache lives in this checkout, 0700, as trusted as the code.
     try:
-        text = path.read_text(encoding="utf-8")
+        cached_key, inventory = pickle.loads(cache_file.read_bytes())
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError):
+        return None  # absent, unreadable or from other code: validate again
+    return inventory if cached_key == key and isinstance(inventory, Inventory) else None
+
+
+def _store(cache_file: Path, key: str, inventory: Inventory) -> None:
+    """Best effort (a read-only checkout still works); written whole or not at all."""
+    temp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        CACHE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+            pickle.dump((key, inventory), handle, protocol=pickle.HIGHEST_PROTOCOL)
+        temp.replace(cache_file)
+    except OSError:
+        temp.unlink(missing_ok=True)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InventoryError([Diagnostic(path, 1, 1, "", "file not found; pass the path of an inventory "
                                          f"YAML file (or set {INVENTORY_ENV})")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InventoryError([Diagnostic(path, 1, 1, "", f"cannot read the file: {exc}")]) from None
+
+
+def _parse_yaml(path: Path, text: str) -> CommentedMap:
+    # Imported here: a cached inventory needs no YAML parser.
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+    from ruamel.yaml.constructor import DuplicateKeyError
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
     yaml = YAML(typ="rt")
     try:
         document = yaml.load(text)
@@ -103,10 +160,10 @@ def _one_line(text: str) -> str:
 
 
 def _plain(node: Any) -> Any:
-    """ruamel's round-trip containers -> plain Python values, only for validation."""
-    if isinstance(node, CommentedMap):
+    """ruamel's round-trip containers (dict and list subclasses) -> plain Python values, only for validation."""
+    if isinstance(node, dict):
         return {str(k) if not isinstance(k, (str, int, float, bool)) else k: _plain(v) for k, v in node.items()}
-    if isinstance(node, CommentedSeq):
+    if isinstance(node, list):
         return [_plain(v) for v in node]
     if isinstance(node, str):
         return str(node)  # drop ruamel scalar-string subclasses
@@ -135,8 +192,8 @@ def _is_injected_host_name(document: CommentedMap, loc: tuple) -> bool:
     if len(loc) != 3 or loc[0] != "hosts" or loc[2] != "name":
         return False
     hosts = document.get("hosts")
-    host = hosts.get(loc[1]) if isinstance(hosts, CommentedMap) else None
-    return not (isinstance(host, CommentedMap) and "name" in host)
+    host = hosts.get(loc[1]) if isinstance(hosts, dict) else None
+    return not (isinstance(host, dict) and "name" in host)
 
 
 def _message(loc: tuple, error: dict) -> str:
@@ -191,10 +248,12 @@ def _inner_model(annotation: Any) -> Any:
 
 
 def _walk(document: Any, loc: tuple) -> tuple[Any, list]:
-    """Follow loc through the YAML; returns the deepest node and the (container, key) steps taken."""
+    """Follow loc through the YAML (ruamel's dict and list subclasses); returns the deepest node and the
+    (container, key) steps taken."""
     node, steps = document, []
     for part in loc:
-        if isinstance(node, CommentedMap) and part in node or isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+        if (isinstance(node, dict) and part in node
+                or isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
             steps.append((node, part))
             node = node[part]
         # anything else is a pydantic-internal element (union tag, validator name): skip it
@@ -206,8 +265,8 @@ def _at(path: Path, document: CommentedMap, loc: tuple, message: str, point_at_k
     line, column = 0, 0
     if steps:
         container, key = steps[-1]
-        if isinstance(container, CommentedMap):
-            if point_at_key or isinstance(node, (CommentedMap, CommentedSeq)):
+        if isinstance(container, dict):
+            if point_at_key or isinstance(node, (dict, list)):
                 line, column = container.lc.key(key)
             else:
                 line, column = container.lc.value(key)

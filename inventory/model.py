@@ -30,7 +30,7 @@ from pydantic import (
 class Strict(BaseModel):
     """Base for every inventory model: unknown keys are errors, values immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, defer_build=True)
 
 
 # --- small reusable types -------------------------------------------------------

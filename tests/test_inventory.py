@@ -330,3 +330,74 @@ def test_caddy_refuses_magicdns_names_it_would_not_serve_with_its_own_ca():
     with pytest.raises(ValidationError, match="tailscaled"):
         Caddy(enabled=True, site_names=["p620.tail1234.ts.net"])
     assert Caddy(enabled=True, site_names=["llm.home.arpa"]).site_names == ["llm.home.arpa"]
+
+
+# --- the validated-inventory cache (load_inventory(cache=True), used by inventory/hosts.py) ---------
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    import inventory.load as load
+
+    monkeypatch.setattr(load, "CACHE_DIR", tmp_path / "cache")
+    return tmp_path / "cache"
+
+
+def forbid_parsing(monkeypatch):
+    import inventory.load as load
+
+    def parse(*_args):
+        raise AssertionError("parsed although the cache holds this inventory")
+    monkeypatch.setattr(load, "_parse_yaml", parse)
+
+
+def test_cache_returns_the_validated_inventory_without_parsing_again(tmp_path, cache_dir, monkeypatch):
+    path = write(tmp_path, MINIMAL)
+    fresh = load_inventory(path, cache=True)
+    assert [p.stat().st_mode & 0o777 for p in cache_dir.iterdir()] == [0o600]
+    assert cache_dir.stat().st_mode & 0o777 == 0o700
+    forbid_parsing(monkeypatch)
+    cached = load_inventory(path, cache=True)
+    assert cached == fresh and cached is not fresh
+    assert cached.resolve_path(Path("keys/id")) == (tmp_path / "keys/id").resolve()
+
+
+def test_cache_is_refreshed_when_the_file_changes(tmp_path, cache_dir):
+    path = write(tmp_path, MINIMAL)
+    assert load_inventory(path, cache=True).hosts["p620"].server.router.port == 4000
+    path.write_text(MINIMAL.replace("port: 4000", "port: 4100"))
+    assert load_inventory(path, cache=True).hosts["p620"].server.router.port == 4100
+    assert len(list(cache_dir.iterdir())) == 1  # one entry per inventory file, replaced
+
+
+def test_cache_is_refreshed_when_our_model_code_or_pydantic_changes(tmp_path, cache_dir, monkeypatch):
+    import shutil
+
+    import inventory.load as load
+
+    before = load._cache_key(MINIMAL)
+    code = tmp_path / "code"
+    shutil.copytree(Path(load.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(load, "__file__", str(code / "load.py"))
+    assert load._cache_key(MINIMAL) == before  # same code elsewhere: same key
+    (code / "model.py").write_text((code / "model.py").read_text() + "\n# changed\n")
+    assert load._cache_key(MINIMAL) != before
+    monkeypatch.undo()
+    monkeypatch.setattr(load, "version", lambda name: "0.0-other")
+    assert load._cache_key(MINIMAL) != before
+
+
+def test_a_damaged_cache_entry_is_validated_again(tmp_path, cache_dir):
+    path = write(tmp_path, MINIMAL)
+    fresh = load_inventory(path, cache=True)
+    (entry,) = cache_dir.iterdir()
+    entry.write_bytes(b"not a pickle")
+    assert load_inventory(path, cache=True) == fresh
+
+
+def test_an_invalid_inventory_is_never_cached(tmp_path, cache_dir):
+    path = write(tmp_path, MINIMAL.replace("port: 4000", "port: 99999"))
+    for _ in range(2):
+        with pytest.raises(InventoryError, match="router.port"):
+            load_inventory(path, cache=True)
+    assert not cache_dir.exists()

@@ -185,6 +185,16 @@ def test_yaml_dump_round_trips_and_holds_no_secret(lab_inventory) -> None:
     assert text.index("model_list") < text.index("general_settings")  # insertion order kept
 
 
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(), children, max_size=3),
+    max_leaves=12))
+def test_yaml_dump_reads_back_the_same_for_any_values(value) -> None:
+    # Any string an inventory could carry, control and non-BMP characters included.
+    config = {"model_list": [{"model_name": "a", "litellm_params": {"extra": value}}]}
+    assert yaml.safe_load(dump_config_yaml(config)) == config
+
+
 # --- workers --------------------------------------------------------------------------------------
 
 
