@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 DEFAULT_INVENTORY = Path("inventory/homelab.yaml")
 INVENTORY_ENV = "LLM_ROUTER_INVENTORY"
-# load_inventory(cache=True): one validated inventory per inventory file.
+# load_inventory(cache=True): one validated inventory per inventory file, the most recent few.
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "inventory"
+CACHE_ENTRIES = 32
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,10 @@ def _store(cache_file: Path, key: str, inventory: Inventory) -> None:
         with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
             pickle.dump((key, inventory), handle, protocol=pickle.HIGHEST_PROTOCOL)
         temp.replace(cache_file)
+        # Tests and lab variants write inventories to fresh paths: keep the newest entries only.
+        entries = sorted(CACHE_DIR.glob("*.pickle"), key=lambda entry: entry.stat().st_mtime, reverse=True)
+        for stale in entries[CACHE_ENTRIES:]:
+            stale.unlink(missing_ok=True)
     except OSError:
         temp.unlink(missing_ok=True)
 

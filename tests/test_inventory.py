@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from inventory import load
 from inventory.derive import (
     alias_table,
     largest_resident_set,
@@ -337,15 +340,11 @@ def test_caddy_refuses_magicdns_names_it_would_not_serve_with_its_own_ca():
 
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
-    import inventory.load as load
-
     monkeypatch.setattr(load, "CACHE_DIR", tmp_path / "cache")
     return tmp_path / "cache"
 
 
 def forbid_parsing(monkeypatch):
-    import inventory.load as load
-
     def parse(*_args):
         raise AssertionError("parsed although the cache holds this inventory")
     monkeypatch.setattr(load, "_parse_yaml", parse)
@@ -371,10 +370,6 @@ def test_cache_is_refreshed_when_the_file_changes(tmp_path, cache_dir):
 
 
 def test_cache_is_refreshed_when_our_model_code_or_pydantic_changes(tmp_path, cache_dir, monkeypatch):
-    import shutil
-
-    import inventory.load as load
-
     before = load._cache_key(MINIMAL)
     code = tmp_path / "code"
     shutil.copytree(Path(load.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__"))
@@ -401,3 +396,20 @@ def test_an_invalid_inventory_is_never_cached(tmp_path, cache_dir):
         with pytest.raises(InventoryError, match="router.port"):
             load_inventory(path, cache=True)
     assert not cache_dir.exists()
+
+
+def test_cache_keeps_the_newest_entries_only(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setattr(load, "CACHE_ENTRIES", 2)
+    paths = []
+    for index in range(3):
+        paths.append(tmp_path / f"inv{index}.yaml")
+        paths[-1].write_text(MINIMAL)
+        load_inventory(paths[-1], cache=True)
+        for entry in cache_dir.iterdir():  # mtimes apart, oldest first
+            os.utime(entry, (entry.stat().st_mtime - 10, entry.stat().st_mtime - 10))
+    assert len(list(cache_dir.iterdir())) == 2
+    forbid_parsing(monkeypatch)
+    load_inventory(paths[2], cache=True)
+    load_inventory(paths[1], cache=True)
+    with pytest.raises(AssertionError, match="parsed"):
+        load_inventory(paths[0], cache=True)  # the oldest was dropped
