@@ -250,13 +250,15 @@ def main(argv: list[str] | None = None) -> int:
         inventory8, env8 = eight_host_lab()
         try:
             lab(env8, "up")
-            eight = deploy_figures("8 hosts", env8, inventory8, args.runs, clean=False)
+            eight = deploy_figures("8 hosts", env8, inventory8, args.runs, clean="clean" not in args.skip)
         finally:
             lab(env8, "down")
     print("\n== ratios")
     print(f"no-op/floor: {two['noop'] / two['floor']:.2f}")
     print(f"dry/no-op: {two['dry'] / two['noop']:.2f}")
     if eight:
+        if "clean" in two and "clean" in eight:
+            print(f"8 hosts/2 hosts (apply from clean): {eight['clean'] / two['clean']:.2f}")
         print(f"8 hosts/2 hosts (no-op): {eight['noop'] / two['noop']:.2f}")
         print(f"no-op/floor (8 hosts): {eight['noop'] / eight['floor']:.2f}")
     print(f"remote commands per host for a no-op: {two['commands']} (2 hosts)"
