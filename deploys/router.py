@@ -1,7 +1,9 @@
 """The LiteLLM router on a gpu_server: pinned venv, validated config swaps, rollback, keys.
 
 Layout on the host:
-    /opt/llm-router/venv-<litellm>-<hash>/   one venv per requirement set, never modified
+    /opt/llm-router/venv-<litellm>-<hash>/   one venv per requirement set, never modified; after a
+                                             successful activation only the new one and the one it
+                                             replaced are kept
     /opt/llm-router/current -> that venv     switched by the activation script only
     /opt/llm-router/libexec/activate         validate + swap + restart + wait + roll back
     /opt/llm-router/libexec/check-config.py  structural checks of a config before it is used
@@ -275,7 +277,8 @@ ACTIVATE_TEMPLATE = r"""#!/bin/sh
 #      throwaway instance (CHECK_UNIT_FILE: new venv + staged files, loopback port) must become
 #      live. A failure here leaves the running router untouched.
 #   2. swap: back up the live files and the `current` link, move the staged files in, switch the
-#      link, restart, wait for /health/liveliness on 127.0.0.1:PORT.
+#      link, restart, wait for /health/liveliness on 127.0.0.1:PORT; once live, remove the venvs
+#      other than the new one and the one it replaced.
 #   3. not live within TIMEOUT_S: restore the backup, restart, fail with the router's own log.
 set -u
 VENV=$1 PORT=$2 CHECK_PORT=$3 CHECK_UNIT_FILE=$4 TIMEOUT=$5
@@ -389,6 +392,12 @@ systemctl daemon-reload
 started=$(date +%s)
 restart_router
 if wait_live "$PORT" "$UNIT"; then
+    # Serving: venvs other than this one and the one it replaced (kept to switch back by hand) are
+    # never used again, and each holds LiteLLM and its dependencies (~0.5 GB).
+    replaced=$(cat "$BACKUP/current.target")
+    for old in "${VENV%/*}"/venv-*; do
+        case "$old" in "$VENV"|"$replaced") ;; *) [ -d "$old" ] && rm -rf "$old" ;; esac
+    done
     rm -rf "$BACKUP"
     exit 0
 fi

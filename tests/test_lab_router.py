@@ -250,6 +250,10 @@ def test_changing_one_alias_restarts_only_the_router(applies, deployed_router, t
     router_before = unit_property(SERVER, "llm-router", "InvocationID")
     ollama_before = unit_property(SERVER, "ollama", "InvocationID")
     master = secret(deployed_router, "litellm-master-key")
+    # Venvs of earlier versions: once the new router serves, only its venv and the one it replaced stay.
+    venv = remote(SERVER, ["readlink", deploy_router.CURRENT_LINK]).stdout.strip()
+    stale, replaced = (f"{deploy_router.INSTALL_ROOT}/venv-0.0.0-{name}" for name in ("stale", "replaced"))
+    remote(SERVER, ["sh", "-c", f"mkdir -p {stale}/bin {replaced}/bin && ln -sfn {replaced} {deploy_router.CURRENT_LINK}"])
     try:
         result = applies(write_inventory(tmp_path / "alias.yaml", aliases=changed_aliases))
         assert result.returncode == 0, result.output[-6000:]
@@ -257,7 +261,11 @@ def test_changing_one_alias_restarts_only_the_router(applies, deployed_router, t
         assert unit_property(SERVER, "ollama", "InvocationID") == ollama_before
         (answer,) = calls(messages_request(master, model="claude-opus-4-6"))
         assert answer["status"] == 200 and "qwen3.6:27b" in answer["body"], answer
+        assert remote(SERVER, ["readlink", deploy_router.CURRENT_LINK]).stdout.strip() == venv
+        venvs = remote(SERVER, ["sh", "-c", f"ls -d {deploy_router.INSTALL_ROOT}/venv-*"]).stdout.split()
+        assert sorted(venvs) == sorted([venv, replaced])
     finally:
+        remote(SERVER, ["rm", "-rf", stale, replaced])
         restored = applies(deployed_router)
         assert restored.returncode == 0, restored.output[-6000:]
 
@@ -316,7 +324,13 @@ def test_failed_restart_after_the_swap_is_rolled_back(deployed_router):
     """A unit that passes the trial run but exits at once after the swap: the previous one comes back."""
     unit_before = remote(SERVER, ["cat", deploy_router.UNIT_FILE]).stdout
     broken = unit_before.replace("ExecStart=", "ExecStart=/bin/sh -c 'echo broken on purpose >&2; exit 3' #", 1)
-    done = activate(stage_for_activation(deployed_router, {deploy_router.UNIT: broken}))
+    other = f"{deploy_router.INSTALL_ROOT}/venv-0.0.0-other"
+    remote(SERVER, ["mkdir", "-p", f"{other}/bin"])
+    try:
+        done = activate(stage_for_activation(deployed_router, {deploy_router.UNIT: broken}))
+        assert remote(SERVER, ["test", "-d", other]).returncode == 0  # a failed change removes no venv
+    finally:
+        remote(SERVER, ["rm", "-rf", other])
     assert done.returncode == 1
     assert "restoring the previous version" in done.stderr and "broken on purpose" in done.stderr, done.stderr
     assert "the previous router is serving again" in done.stderr, done.stderr
