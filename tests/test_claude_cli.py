@@ -320,10 +320,12 @@ def test_router_then_cloud_with_the_real_cli(
 
 def test_slash_command_switches_the_repository(tmp_path: Path, claude_binary: Path, serve: Any) -> None:
     """``claude -p "/use-ollama"`` runs the command file's ``!`` line, then sends its output to the model."""
-    model = Recorder()
+    model, router = Recorder(), Recorder()
     model_url = serve(fake_anthropic_handler(model))
-    # A router URL nothing listens on: only the slash command's effect on the settings is checked.
-    client = make_client(tmp_path, claude_binary, router_url="http://127.0.0.1:9/router")
+    # The router is a second fake: Claude Code may reload the settings the command's `!` line just
+    # wrote before it sends that line's output, so the request can go to either; both answer.
+    router_url = serve(fake_anthropic_handler(router))
+    client = make_client(tmp_path, claude_binary, router_url=router_url)
     commands = client.home / ".claude" / "commands"
     commands.mkdir(parents=True)
     for command_file in COMMANDS_DIR.glob("*.md"):
@@ -333,14 +335,13 @@ def test_slash_command_switches_the_repository(tmp_path: Path, claude_binary: Pa
         "/use-ollama claude-sonnet-4-6", ANTHROPIC_BASE_URL=model_url, ANTHROPIC_API_KEY="sk-test"
     )
 
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     local_settings = client.repo / ".claude" / "settings.local.json"
-    assert json.loads(local_settings.read_text())["env"]["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9/router"
-    prompts = " ".join(entry["body"] for entry in model_requests(model))
-    assert "Claude Code now uses the router http://127.0.0.1:9/router" in prompts
+    assert json.loads(local_settings.read_text())["env"]["ANTHROPIC_BASE_URL"] == router_url
+    prompts = " ".join(entry["body"] for entry in model_requests(model) + model_requests(router))
+    assert f"Claude Code now uses the router {router_url}" in prompts
 
-    # The override now sends the model request to the dead router URL, so this run ends in an API
-    # error; the command's `!` line runs before that request.
+    # The command's `!` line runs before this run's model request, wherever that goes.
     client.claude("/use-default", ANTHROPIC_BASE_URL=model_url, ANTHROPIC_API_KEY="sk-test")
     assert not local_settings.exists()
     assert not (client.repo / ".claude").exists()
