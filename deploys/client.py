@@ -31,11 +31,11 @@ ANTHROPIC_KEY_FILE = "~/.config/claude-router/anthropic-key"
 COMMANDS = ("use-ollama.md", "use-claude.md", "use-default.md")
 # Debian's update-ca-certificates picks up *.crt here; the name says which server's Caddy it is.
 CA_DIR = "/usr/local/share/ca-certificates"
+CLIENT_TEMPLATES = TEMPLATES / "client"
 
 
 def caddy_ca_path(server_name: str) -> str:
     return f"{CA_DIR}/llm-router-{server_name}-caddy.crt"
-CLIENT_TEMPLATES = TEMPLATES / "client"
 
 
 def client_config(inv: Inventory, host_model: Host) -> dict:

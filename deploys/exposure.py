@@ -168,11 +168,10 @@ def caddy_root_ca_copy(inv: Inventory, server_name: str) -> Path:
     return inv.secrets_path / "ca" / f"{server_name}-caddy-root.crt"
 
 
-def caddy_root_ca_dir(inv: Inventory) -> Path:
-    """The directory of those copies, inside the secrets directory (created 0700 if missing)."""
-    path = secrets_dir(inv) / "ca"
-    path.mkdir(mode=0o700, exist_ok=True)
-    return path
+def caddy_root_ca_dir_made(inv: Inventory, copy: Path) -> None:
+    """The directory of such a copy, made 0700 inside the (checked) secrets directory if missing."""
+    secrets_dir(inv)
+    copy.parent.mkdir(mode=0o700, exist_ok=True)
 
 
 def boot_unit() -> str:
@@ -508,8 +507,8 @@ def exposure(inv: Inventory, host_model: Host) -> None:
         enabled_at_boot_by_us("caddy.service", CADDY_ENABLED_MARKER, name="caddy.service enabled at boot")
         ops.unit("caddy.service", enabled=True, running=True, restart=ops.changed(config, drop_in),
                  daemon_reload=ops.changed(drop_in), name="caddy serves the router")
-        caddy_root_ca_dir(inv)
-        caddy_root_ca_exported(caddy_root_ca_copy(inv, host_model.name),
-                               name="Export Caddy's root CA to the workstation")
+        ca_copy = caddy_root_ca_copy(inv, host_model.name)
+        caddy_root_ca_dir_made(inv, ca_copy)
+        caddy_root_ca_exported(ca_copy, name="Export Caddy's root CA to the workstation")
     else:
         caddy_removed(name="Remove the llm-router Caddy site")

@@ -8,33 +8,11 @@ host's operations compare against.
 
 from __future__ import annotations
 
-import os
-import sys
-from types import ModuleType
-
 from pyinfra import host
 
 from deploys import client, exposure, gc_freeze, keys, ollama, op_order, ops, router
 from deploys.nodelay import set_nodelay
 from inventory.model import Host, Inventory
-
-
-def register_deploy_file(path: str) -> None:
-    """Make this file, which pyinfra execs rather than imports, known to `inspect` as a module.
-
-    pyinfra orders operations by calling `inspect.stack()` at every operation call;
-    `inspect` maps each frame's file to a module, and for a file that is no
-    module's it rescans all of sys.modules (~1000 entries), once per frame
-    and operation: ~1 ms per operation and host. Registered, it is a dict lookup.
-    """
-    name = "deploys._site_as_executed"
-    if name not in sys.modules:
-        module = ModuleType(name, "deploys/site.py, as pyinfra executes it (for inspect only)")
-        module.__file__ = os.path.abspath(path)
-        sys.modules[name] = module
-
-
-register_deploy_file(__file__)
 
 inventory: Inventory = host.data.llm_inventory
 this_host: Host = host.data.llm_host

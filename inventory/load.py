@@ -64,22 +64,26 @@ def load_inventory(path: Path | str, cache: bool = False) -> Inventory:
     """
     path = Path(path)
     text = _read(path)
-    cache_file = CACHE_DIR / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.pickle"
-    key = _cache_key(text) if cache else ""
-    inventory = _cached(cache_file, key) if cache else None
+    cache_file = _cache_file(path) if cache else None
+    key = _cache_key(text) if cache_file else ""
+    inventory = _cached(cache_file, key) if cache_file else None
     if inventory is None:
         document = _parse_yaml(path, text)
         try:
             inventory = Inventory.model_validate(_plain(document))
         except ValidationError as exc:
             raise InventoryError(_diagnostics(path, document, exc)) from None
-        if cache:
+        if cache_file:
             _store(cache_file, key, inventory)
     inventory._source = path.resolve()
     return inventory
 
 
 # --- cache of validated inventories -------------------------------------------------
+
+
+def _cache_file(path: Path) -> Path:
+    return CACHE_DIR / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.pickle"
 
 
 def _cache_key(text: str) -> str:

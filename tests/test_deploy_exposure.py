@@ -324,7 +324,7 @@ def test_converged_caddy_host_yields_no_commands(tmp_path):
     inv = caddy_inventory(tmp_path)
     ca = b"-----BEGIN CERTIFICATE-----\nlab\n-----END CERTIFICATE-----\n"
     copy = exposure.caddy_root_ca_copy(inv, "p620")
-    exposure.caddy_root_ca_dir(inv)
+    exposure.caddy_root_ca_dir_made(inv, copy)
     copy.write_bytes(ca)
     snap = converged()
     caddyfile = exposure.caddyfile(inv.hosts["p620"]).encode()
