@@ -188,6 +188,11 @@ def load(url: str, key_file: str, body: dict, concurrency: int, count: int, limi
     return json.loads(done.stdout)
 
 
+# One Anthropic request through the router's alias, and the same question to Ollama directly.
+ROUTED_BODY = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+DIRECT_BODY = {"model": "qwen3.6:27b", "stream": False, "messages": [{"role": "user", "content": "hi"}]}
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] if ordered else float("nan")
@@ -205,8 +210,7 @@ def router_figures(env: dict[str, str], count: int, limit: float) -> None:
     from deploys.router import MASTER_KEY_FILE
 
     print("\n== router overhead (requests from p620 itself, to 127.0.0.1)")
-    messages = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
-    direct = {"model": "qwen3.6:27b", "stream": False, "messages": [{"role": "user", "content": "hi"}]}
+    messages, direct = ROUTED_BODY, DIRECT_BODY
     # The stand-in ignores the key header; any readable file does for the direct runs.
     seq_direct = load("http://127.0.0.1:11434/api/chat", "/etc/hostname", direct, 1, count, limit)
     seq_router = load("http://127.0.0.1:4000/v1/messages", MASTER_KEY_FILE, messages, 1, count, limit)

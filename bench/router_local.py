@@ -46,21 +46,15 @@ from typing import Any
 from ruamel.yaml import YAML
 
 # The lab bench's load generator, unchanged (a process of its own, a new connection per request).
-from bench.__main__ import LOAD_SCRIPT, percentile
+from bench.__main__ import DIRECT_BODY, LOAD_SCRIPT, ROUTED_BODY, percentile
 from deploys.keys import hashes_document, render_hashes
-from deploys.router_config import (
-    build_litellm_config,
-)
+from deploys.router_config import build_litellm_config
 from inventory.load import load_inventory
 from lab.local_router import LocalRouter, RouterNotLive, free_port, start_local_router, wait_live
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "qwen3.6:27b"
-ALIAS = "claude-sonnet-4-6"
 START_TIMEOUT_S = 240
-# The lab bench's requests (bench/__main__.py: router_figures).
-ROUTED_BODY = {"model": ALIAS, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
-DIRECT_BODY = {"model": MODEL, "stream": False, "messages": [{"role": "user", "content": "hi"}]}
 
 
 def wait_until_live(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:

@@ -19,7 +19,7 @@ Each accepted request logs one line with the client's alias (`llm_router_auth: c
 ...`) and carries it as key_alias/user_id, so LiteLLM's own logging and spend figures see it.
 Stdlib only besides LiteLLM: this file is copied to the host as is.
 
-LiteLLM imports this file once per worker, at start, so it also carries two speed-ups of
+LiteLLM imports this file once per worker, at start, so it also carries three speed-ups of
 the pinned LiteLLM's request path (`apply_speedups`, below): same results, less CPU.
 """
 
