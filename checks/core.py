@@ -10,13 +10,15 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from deploys.state import PathState, UnitState
+from facts.files import PathState
 from facts.firewall import admitted_interfaces
 from facts.gpu import GpuInventory
+from facts.host_state import Undeclared
 from facts.network import NetworkInterface
 from facts.ollama import OllamaState
 from facts.sockets import ListeningSocket, listeners_on_port
 from facts.tailscale import TailscaleServe, serve_route_for_path
+from facts.units import UnitState, unit_state
 from inventory.derive import router_interfaces, served_models
 from inventory.model import Host, Inventory
 
@@ -268,9 +270,9 @@ def check_idle(host: Host, facts: ServerFacts, baseline_used: list[int] | None, 
 def check_units(host: Host, facts_units: dict[str, UnitState], names: list[str]) -> list[Result]:
     results = []
     for name in names:
-        unit = facts_units.get(name)
-        observed = f"{unit.active}/{unit.enabled}" if unit else "not found"
-        ok = unit is not None and unit.active == "active" and unit.enabled in ("enabled", "static")
+        unit = unit_state(facts_units, name)
+        observed = f"{unit.active_state or ''}/{unit.unit_file_state or ''}" if unit else "not found"
+        ok = unit is not None and unit.is_active and unit.is_enabled
         results.append(_result(host.name, f"{name} enabled and active", "active/enabled", observed, ok,
                                f"systemctl status {name}; journalctl -u {name}"))
     return results
@@ -278,7 +280,9 @@ def check_units(host: Host, facts_units: dict[str, UnitState], names: list[str])
 
 def check_file_mode(host: Host, paths: dict[str, PathState], path: str, mode: str, user: str, group: str | None,
                     what: str) -> Result:
-    state = paths.get(path, PathState("absent"))
+    if path not in paths:
+        raise Undeclared(f"{path} was not read from the host: add it to the paths observe.py reads")
+    state = paths[path]
     expected = f"{mode} {user}" + (f":{group}" if group else "")
     observed = "absent" if state.kind == "absent" else f"{state.mode} {state.user}:{state.group}"
     ok = state.kind == "file" and state.mode == mode and state.user == user and (group is None or

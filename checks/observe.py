@@ -21,9 +21,9 @@ from pyinfra.api.host import Host as PyinfraHost
 from checks.core import ClientFacts, ServerFacts
 from deploys import client as client_deploy
 from deploys.nodelay import set_nodelay
-from deploys.state import HostState
 from facts.firewall import NftRuleset
 from facts.gpu import GpuVram
+from facts.host_state import HostState
 from facts.network import NetworkInterfaces
 from facts.ollama import OllamaStatus
 from facts.sockets import ListeningSockets

@@ -19,6 +19,8 @@ from deploys import keys, ops
 from deploys.exposure import CADDY_ROOT_CA, caddy_root_ca_copy
 from deploys.render import TEMPLATES
 from deploys.secrets import read_secret
+from facts.files import JsonKeyEquals
+from facts.host_state import FactRequest
 from inventory.derive import exact_aliases, router_route
 from inventory.model import ClientUser, Host, Inventory
 
@@ -76,10 +78,9 @@ def user_paths(user: ClientUser) -> dict[str, str]:
     }
 
 
-def helper_probe(user: ClientUser) -> str:
-    """Exit 0 when the user's settings.json already names our apiKeyHelper."""
-    check = "import json,sys; sys.exit(0 if json.load(open(sys.argv[1])).get('apiKeyHelper') == sys.argv[2] else 1)"
-    return f"python3 -c {shlex.quote(check)} {shlex.quote(user_paths(user)['settings'])} {KEY_HELPER}"
+def helper_registered(user: ClientUser) -> FactRequest:
+    """Whether the user's settings.json already names our apiKeyHelper."""
+    return FactRequest.of(JsonKeyEquals, path=user_paths(user)["settings"], key="apiKeyHelper", value=KEY_HELPER)
 
 
 def declare(inv: Inventory, host_model: Host) -> None:
@@ -90,13 +91,12 @@ def declare(inv: Inventory, host_model: Host) -> None:
         paths += [p["claude_dir"], p["commands_dir"], p["config_dir"], p["key_dir"], p["key"], p["anthropic_key"]]
         paths += [f"{p['commands_dir']}/{name}" for name in COMMANDS]
     ops.declare(paths=paths, users=[u.name for u in host_model.client.users],
-                probes={f"helper:{u.name}": helper_probe(u) for u in host_model.client.users if u.anthropic_key})
+                facts=tuple(helper_registered(u) for u in host_model.client.users if u.anthropic_key))
 
 
 @operation()
 def api_key_helper_registered(user: ClientUser):
-    probe = ops.snapshot().probes.get(f"helper:{user.name}")
-    if probe is not None and probe.status == 0:
+    if ops.snapshot().value(helper_registered(user)):
         host.noop(f"{user.name}'s Claude Code uses {KEY_HELPER}")
         return
     # Merged by the program itself, as the user: other settings are kept, a broken file is refused.

@@ -24,7 +24,10 @@ from pyinfra.api.exceptions import DeployError
 from deploys import ops
 from deploys.render import render
 from deploys.secrets import secrets_dir
-from facts.tailscale import parse_tailscale_serve, serve_route_for_path
+from facts.files import FileHasLine, FirstLineHas
+from facts.firewall_backends import FirewalldZonePorts, NftTableLoaded, UfwStatus, ZonePort
+from facts.host_state import FactRequest
+from facts.tailscale import TailscaleServe, TailscaleServeStatus, serve_route_for_path
 from inventory.derive import router_interfaces
 from inventory.model import Host, Inventory, Server
 
@@ -69,12 +72,13 @@ ROUTER_UNIT = "llm-router.service"
 _INCLUDE_COMMENT = "# LLM router firewall (llm-router-deploy)"
 _SED_DELETE_INCLUDE = "/^" + _INCLUDE_COMMENT + "$/d; \\|^" + NFT_INCLUDE + "$|d"
 
-PROBE_NFT_TABLE = "nft_table"
-PROBE_NFT_INCLUDE = "nft_include"
-PROBE_SERVE = "tailscale_serve"
-PROBE_UFW = "ufw_status"
-PROBE_FIREWALLD = "firewalld_ports"
-PROBE_CADDYFILE_OURS = "caddyfile_ours"
+# What the operations ask the host, read in its one state snapshot (firewalld's zones: firewalld_zones).
+NFT_TABLE_LOADED = FactRequest.of(NftTableLoaded, family=NFT_FAMILY, table=NFT_TABLE)
+NFT_INCLUDED = FactRequest.of(FileHasLine, path=NFT_CONF, line=NFT_INCLUDE)
+SERVE = FactRequest.of(TailscaleServeStatus)
+UFW = FactRequest.of(UfwStatus)
+CADDYFILE_OURS = FactRequest.of(FirstLineHas, path=CADDYFILE, text=CADDY_MARKER_LINE)
+COMMANDS = ("nft", "firewall-cmd", "ufw", "tailscale", "caddy")
 
 
 # --- pure values -------------------------------------------------------------------
@@ -143,10 +147,10 @@ def serve_unit(server: Server) -> str:
                   stop_command=shlex.join(serve_off_command(server)))
 
 
-def serve_is_current(server: Server, probe_output: str) -> bool:
-    """Whether `tailscale serve status --json` already maps the path to the router."""
+def serve_is_current(server: Server, current: TailscaleServe) -> bool:
+    """Whether `tailscale serve` already maps the path to the router."""
     serve = server.exposure.tailscale_serve
-    route = serve_route_for_path(parse_tailscale_serve(probe_output.splitlines()), serve.path, serve.https_port)
+    route = serve_route_for_path(current, serve.path, serve.https_port)
     return route is not None and route.proxy in (
         f"http://localhost:{server.router.port}", f"http://127.0.0.1:{server.router.port}")
 
@@ -200,35 +204,22 @@ def choose_firewall(configured: str, active_units: set[str], commands: set[str],
     )
 
 
-def firewalld_probe(port: int, interfaces: tuple[str, ...]) -> str:
-    """One line per interface: `<interface> <zone> <runtime yes|no> <permanent yes|no>` for the port.
-
-    An interface bound to no zone is in the default zone (firewalld's own rule)."""
-    quoted = " ".join(shlex.quote(i) for i in interfaces)
-    return (f"systemctl is-active -q firewalld.service || exit 0; for i in {quoted}; do "
-            f"z=$(firewall-cmd --get-zone-of-interface=\"$i\" 2>/dev/null) || z=$(firewall-cmd --get-default-zone)"
-            f" || exit 1; echo \"$i $z $(firewall-cmd --zone=\"$z\" --query-port={port}/tcp) "
-            f"$(firewall-cmd --permanent --zone=\"$z\" --query-port={port}/tcp)\"; done")
+def firewalld_zones(port: int, interfaces: tuple[str, ...]) -> FactRequest:
+    return FactRequest.of(FirewalldZonePorts, port=port, interfaces=interfaces)
 
 
-def firewalld_missing(probe_output: str, interfaces: tuple[str, ...]) -> list[tuple[str, bool, bool]]:
+def firewalld_missing(zones: dict[str, ZonePort], interfaces: tuple[str, ...]) -> list[tuple[str, bool, bool]]:
     """(zone, runtime missing, permanent missing) for each zone of the interfaces lacking the port."""
-    seen: dict[str, tuple[str, str]] = {}
-    zone_of: dict[str, str] = {}
-    for line in probe_output.splitlines():
-        words = line.split()
-        if len(words) == 4:
-            zone_of[words[0]] = words[1]
-            seen[words[1]] = (words[2], words[3])
+    zone_of = {interface: found.zone for interface, found in zones.items()}
+    seen = {found.zone: found for found in zones.values()}
     unknown = [i for i in interfaces if i not in zone_of]
     if unknown:
         raise DeployError(f"firewalld did not say which zone {', '.join(unknown)} is in (is firewalld running? "
                           "systemctl enable --now firewalld, or set server.exposure.firewall to nftables)")
     missing = []
     for zone in dict.fromkeys(zone_of[i] for i in interfaces):
-        runtime, permanent = seen[zone]
-        if runtime != "yes" or permanent != "yes":
-            missing.append((zone, runtime != "yes", permanent != "yes"))
+        if not seen[zone].runtime or not seen[zone].permanent:
+            missing.append((zone, not seen[zone].runtime, not seen[zone].permanent))
     return missing
 
 
@@ -249,8 +240,7 @@ def ufw_allows(status_output: str, port: int, interface: str) -> bool:
 @operation()
 def nft_loaded(ruleset_changed: bool):
     """Load our table now when its file changed or it is not in the kernel (after a manual flush)."""
-    probe = ops.snapshot().probes.get(PROBE_NFT_TABLE)
-    if ruleset_changed or probe is None or probe.status != 0:
+    if ruleset_changed or not ops.snapshot().value(NFT_TABLE_LOADED):
         yield f"nft -f {NFT_FILE}"
     else:
         host.noop(f"table {NFT_FAMILY} {NFT_TABLE} is loaded")
@@ -259,8 +249,7 @@ def nft_loaded(ruleset_changed: bool):
 @operation()
 def nft_included():
     """One include line in /etc/nftables.conf so the table is loaded at boot."""
-    probe = ops.snapshot().probes.get(PROBE_NFT_INCLUDE)
-    if probe is not None and probe.status == 0:
+    if ops.snapshot().value(NFT_INCLUDED):
         host.noop(f"{NFT_CONF} includes {NFT_FILE}")
         return
     yield (f"test -e {NFT_CONF} || printf '#!/usr/sbin/nft -f\\n' > {NFT_CONF}; "
@@ -269,9 +258,8 @@ def nft_included():
 
 def _undo_nftables_service_boot(snap) -> list[str]:
     """Commands that take back the include line and the nftables.service we enabled."""
-    include = snap.probes.get(PROBE_NFT_INCLUDE)
     commands = []
-    if include is not None and include.status == 0:
+    if snap.value(NFT_INCLUDED):
         # Delete exactly the two lines nft_included appended, nothing else of the admin's file.
         commands.append(f"sed -i -e {shlex.quote(_SED_DELETE_INCLUDE)} {NFT_CONF}")
     if snap.path(NFT_ENABLED_MARKER).kind != "absent":
@@ -289,9 +277,8 @@ def _undo_boot_unit(snap) -> list[str]:
 def nft_removed():
     """Our table, its file, include lines and boot unit gone; nftables.service as it was before us."""
     snap = ops.snapshot()
-    table = snap.probes.get(PROBE_NFT_TABLE)
     commands = []
-    if table is not None and table.status == 0:
+    if snap.value(NFT_TABLE_LOADED):
         commands.append(f"nft delete table {NFT_FAMILY} {NFT_TABLE}")
     commands += _undo_nftables_service_boot(snap) + _undo_boot_unit(snap)
     if snap.path(NFT_FILE).kind != "absent":
@@ -319,8 +306,8 @@ def enabled_at_boot_by_us(unit_name: str, marker: str):
     """The unit enabled for boot (not started), with a marker saying we did it, so that turning the
     feature off disables only what was ours to enable. nftables.service is never started here: its
     config begins with `flush ruleset`, which would wipe every other table now."""
-    unit = ops.snapshot().units.get(unit_name)
-    if unit is not None and unit.enabled == "enabled":
+    unit = ops.snapshot().unit(unit_name)
+    if unit is not None and unit.is_enabled_by_link:
         host.noop(f"{unit_name} is enabled")
         return
     yield f"systemctl enable {unit_name} && touch {marker}"
@@ -329,8 +316,7 @@ def enabled_at_boot_by_us(unit_name: str, marker: str):
 @operation()
 def firewalld_open(port: int, interfaces: tuple[str, ...]):
     """Open the port in the zone of each interface, runtime and permanent (so it survives a reload)."""
-    probe = ops.snapshot().probes.get(PROBE_FIREWALLD)
-    missing = firewalld_missing(probe.output if probe is not None and probe.status == 0 else "", interfaces)
+    missing = firewalld_missing(ops.snapshot().value(firewalld_zones(port, interfaces)), interfaces)
     if not missing:
         host.noop(f"firewalld zones of {', '.join(interfaces)} allow {port}/tcp")
         return
@@ -353,8 +339,7 @@ def ufw_open(port: int, interfaces: tuple[str, ...], current_status: str):
 
 @operation()
 def tailscale_serve(server: Server):
-    probe = ops.snapshot().probes.get(PROBE_SERVE)
-    if probe is not None and serve_is_current(server, probe.output):
+    if serve_is_current(server, ops.snapshot().value(SERVE)):
         host.noop(f"tailscale serve maps {server.exposure.tailscale_serve.path} to the router")
         return
     yield shlex.join(serve_command(server))
@@ -362,10 +347,8 @@ def tailscale_serve(server: Server):
 
 @operation()
 def tailscale_serve_off(server: Server):
-    probe = ops.snapshot().probes.get(PROBE_SERVE)
     serve = server.exposure.tailscale_serve
-    if probe is None or serve_route_for_path(parse_tailscale_serve(probe.output.splitlines()), serve.path,
-                                             serve.https_port) is None:
+    if serve_route_for_path(ops.snapshot().value(SERVE), serve.path, serve.https_port) is None:
         host.noop(f"tailscale serve has no {serve.path}")
         return
     yield shlex.join(serve_off_command(server))
@@ -375,8 +358,7 @@ def tailscale_serve_off(server: Server):
 def caddy_original_kept():
     """Keep the admin's Caddyfile (one copy, never overwritten) before ours replaces it."""
     snap = ops.snapshot()
-    ours = snap.probes.get(PROBE_CADDYFILE_OURS)
-    if (snap.path(CADDYFILE).kind == "absent" or (ours is not None and ours.status == 0)
+    if (snap.path(CADDYFILE).kind == "absent" or snap.value(CADDYFILE_OURS)
             or snap.path(CADDYFILE_ORIGINAL).kind != "absent"):
         host.noop(f"{CADDYFILE}: nothing of the admin's to keep")
         return
@@ -410,14 +392,13 @@ def caddy_root_ca_exported(local_copy: Path):
 def caddy_removed():
     """Caddy back as it was before us: the admin's Caddyfile restored, caddy disabled if we enabled it."""
     snap = ops.snapshot()
-    ours = snap.probes.get(PROBE_CADDYFILE_OURS)
     commands = []
     if snap.path(CADDY_ENABLED_MARKER).kind != "absent":
         commands.append(f"systemctl disable --now caddy.service && rm -f {CADDY_ENABLED_MARKER}")
     if snap.path(CADDY_DROP_IN).kind != "absent":
         commands.append(f"rm -f {CADDY_DROP_IN} && rmdir --ignore-fail-on-non-empty {Path(CADDY_DROP_IN).parent} "
                         "&& systemctl daemon-reload")
-    if ours is not None and ours.status == 0:
+    if snap.value(CADDYFILE_OURS):
         if snap.path(CADDYFILE_ORIGINAL).kind != "absent":
             commands.append(f"mv -f {CADDYFILE_ORIGINAL} {CADDYFILE}")
         else:
@@ -442,16 +423,9 @@ def declare(inv: Inventory, host_model: Host) -> None:
                CADDYFILE_ORIGINAL, CADDY_ENABLED_MARKER, CADDY_ROOT_CA, CADDY_DROP_IN,
                str(Path(CADDY_DROP_IN).parent)),
         units=("firewalld.service", "ufw.service", "nftables.service", BOOT_UNIT, SERVE_UNIT, "caddy.service"),
-        commands=("nft", "firewall-cmd", "ufw", "tailscale", "caddy"),
-        probes={
-            PROBE_NFT_TABLE: f"nft list table {NFT_FAMILY} {NFT_TABLE} >/dev/null",
-            PROBE_NFT_INCLUDE: f"grep -qxF {shlex.quote(NFT_INCLUDE)} {NFT_CONF}",
-            PROBE_SERVE: "tailscale serve status --json",
-            # ufw is active only with ENABLED=yes; asking ufw itself costs ~50 ms of Python per apply.
-            PROBE_UFW: "grep -qs '^ENABLED=yes' /etc/ufw/ufw.conf && ufw status verbose",
-            PROBE_FIREWALLD: firewalld_probe(server.router.port, opened_interfaces(host_model)),
-            PROBE_CADDYFILE_OURS: f"head -n 1 {CADDYFILE} 2>/dev/null | grep -qF {shlex.quote(CADDY_MARKER_LINE)}",
-        },
+        commands=COMMANDS,
+        facts=(NFT_TABLE_LOADED, NFT_INCLUDED, SERVE, UFW, CADDYFILE_OURS,
+               firewalld_zones(server.router.port, opened_interfaces(host_model))),
     )
 
 
@@ -461,11 +435,10 @@ def exposure(inv: Inventory, host_model: Host) -> None:
     assert server is not None
     declare(inv, host_model)
     snap = ops.snapshot()
-    active = {name for name, unit in snap.units.items() if unit.active == "active"}
-    ufw_probe = snap.probes.get(PROBE_UFW)
-    ufw_active = bool(ufw_probe and ufw_probe.status == 0 and "Status: active" in ufw_probe.output)
-
-    backend = choose_firewall(server.exposure.firewall, active, set(snap.commands), ufw_active)
+    active = {name for name, unit in snap.units.items() if unit.is_active}
+    ufw = snap.value(UFW)
+    backend = choose_firewall(server.exposure.firewall, active, {c for c in COMMANDS if snap.has_command(c)},
+                              ufw.active)
     if backend == "none":
         nft_removed(name="Remove the llm-router nftables table")
     else:
@@ -474,7 +447,7 @@ def exposure(inv: Inventory, host_model: Host) -> None:
                            name="firewalld: open the router port on the tailnet and LAN zones")
         elif backend == "ufw":
             ufw_open(server.router.port, opened_interfaces(host_model),
-                     ufw_probe.output if ufw_probe else "", name="ufw: allow the router port per interface")
+                     ufw.status, name="ufw: allow the router port per interface")
         ops.directory(NFT_DIR, mode="755", name=f"Directory {NFT_DIR}")
         ruleset = ops.file(NFT_FILE, nft_ruleset(host_model), mode="644", name=f"nftables table {NFT_TABLE}")
         nft_loaded(ops.changed(ruleset), name=f"Load table {NFT_FAMILY} {NFT_TABLE}")

@@ -29,6 +29,8 @@ from pyinfra.facts.server import LinuxDistribution
 
 from deploys import ops
 from deploys.render import render
+from facts.files import DirectoryEntries
+from facts.host_state import FactRequest
 from inventory.derive import ollama_archives, ollama_environment
 from inventory.model import Acceleration, Host, Inventory, Ollama
 
@@ -49,7 +51,8 @@ OLLAMA_USER = "ollama"
 # Release directories kept on disk: the wanted one, the one `current` pointed to before (rollback),
 # then the newest others up to this many. Real releases are GBs (the ROCm add-on alone).
 KEEP_RELEASES = 3
-RELEASES_PROBE = "ollama-releases"
+# Release directories on the host, newest first (read in the same snapshot).
+RELEASES = FactRequest.of(DirectoryEntries, path=INSTALL_ROOT)
 
 # Groups owning the GPU device nodes (only those that exist on the host are added).
 GPU_GROUPS: dict[Acceleration, tuple[str, ...]] = {
@@ -349,7 +352,8 @@ def managed_paths(ollama: Ollama) -> list[str]:
 @operation()
 def commands_present(commands: tuple[str, ...]):
     """Install the packages providing missing commands (distribution family from os-release)."""
-    missing = sorted(c for c in commands if c not in ops.snapshot().commands)
+    snap = ops.snapshot()
+    missing = sorted(c for c in commands if not snap.has_command(c))
     if not missing:
         current_host.noop(f"{', '.join(sorted(commands))} present")
         return
@@ -392,8 +396,7 @@ def release(ollama: Ollama, upload_dir: str | None = None):
 def old_releases_removed(ollama: Ollama):
     """Delete release directories beyond KEEP_RELEASES (never the wanted one or the rollback target)."""
     snap = ops.snapshot()
-    probe = snap.probes.get(RELEASES_PROBE)
-    listing = probe.output.split() if probe is not None and probe.status == 0 else []
+    listing = list(snap.get(DirectoryEntries, path=INSTALL_ROOT))
     previous = snap.path(CURRENT_LINK).target.rsplit("/", 1)[-1] if snap.path(CURRENT_LINK).kind == "link" else ""
     stale = stale_releases(listing, release_id(ollama), previous)
     if not stale:
@@ -405,17 +408,17 @@ def old_releases_removed(ollama: Ollama):
 @operation()
 def background_job(name: str, start: bool):
     """Enable a oneshot unit; restart it without waiting when asked or when its last run failed."""
-    current = ops.snapshot().units.get(name)
+    current = ops.snapshot().unit(name)
     q = shlex.quote(name)
-    enabled = current is not None and current.enabled in ("enabled", "static")
-    failed = current is not None and current.active == "failed"
+    enabled = current is not None and current.is_enabled
+    failed = current is not None and current.has_failed
     if not enabled:
         yield f"systemctl enable {q}"
     if start or failed:
         # --no-block: the apply returns while multi-GB pulls continue.
         yield f"systemctl restart --no-block {q}"
     if enabled and not (start or failed):
-        current_host.noop(f"{name} is {current.active if current else 'unknown'}")
+        current_host.noop(f"{name} is {(current.active_state or '') if current else 'unknown'}")
 
 
 # --- the deploy -------------------------------------------------------------------
@@ -428,7 +431,7 @@ def declare(inv: Inventory, host: Host) -> None:
     config = host.server.ollama
     ops.declare(paths=managed_paths(config), units=(OLLAMA_UNIT, LOADER_UNIT), users=(OLLAMA_USER,),
                 commands=needed_commands(config),
-                probes={RELEASES_PROBE: f"ls -1t {INSTALL_ROOT} 2>/dev/null || true"})
+                facts=(RELEASES,))
 
 
 @deploy("Ollama")

@@ -21,7 +21,7 @@ from pyinfra.api import FileUploadCommand, operation
 from pyinfra.facts.files import FileContents
 from pyinfra.operations.util.files import generate_color_diff
 
-from deploys.state import HostState, Snapshot, state_command
+from facts.host_state import FactRequest, HostState, Snapshot, state_command
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Manifest:
     units: set[str] = field(default_factory=set)
     users: set[str] = field(default_factory=set)
     commands: set[str] = field(default_factory=set)
-    probes: dict[str, str] = field(default_factory=dict)
+    facts: set[FactRequest] = field(default_factory=set)
 
 
 _manifests: dict[str, Manifest] = {}
@@ -42,25 +42,26 @@ def manifest() -> Manifest:
     return _manifests.setdefault(host.name, Manifest())
 
 
-def declare(paths=(), units=(), users=(), commands=(), probes: dict[str, str] | None = None) -> None:
+def declare(paths=(), units=(), users=(), commands=(), facts: tuple[FactRequest, ...] = ()) -> None:
     """Register resources before any operation reads the snapshot (call from each @deploy first).
 
-    `probes` are read-only shell commands (name -> command) whose status and output
-    are wanted in the same remote call, e.g. `tailscale serve status --json`.
+    `facts` are read-only facts whose value is wanted in the same remote call, e.g.
+    `FactRequest.of(TailscaleServeStatus)`; read them back with `snapshot().get(...)`.
     """
     m = manifest()
     m.paths.update(paths)
     m.units.update(units)
     m.users.update(users)
     m.commands.update(commands)
-    m.probes.update(probes or {})
+    m.facts.update(facts)
 
 
 _snapshots: dict[str, tuple[tuple, Snapshot]] = {}
 
 
 def snapshot() -> Snapshot:
-    """The host's state as the deploy started: read once per host (pyinfra 3 does not cache facts).
+    """The host's state as the deploy started, read once per host: pyinfra 3 keeps no fact cache
+    (each host.get_fact runs its command again), so the snapshot is kept here.
 
     Each resource is owned by exactly one operation, so the state before the
     deploy is all an operation needs, both when pyinfra checks for changes and
@@ -68,7 +69,7 @@ def snapshot() -> Snapshot:
     """
     m = manifest()
     arguments = {"paths": tuple(sorted(m.paths)), "units": tuple(sorted(m.units)), "users": tuple(sorted(m.users)),
-                 "commands": tuple(sorted(m.commands)), "probes": tuple(sorted(m.probes.items()))}
+                 "commands": tuple(sorted(m.commands)), "facts": tuple(sorted(m.facts, key=lambda r: r.key))}
     key = tuple(arguments.values())
     cached = _snapshots.get(host.name)
     if cached is None or cached[0] != key:
@@ -84,7 +85,7 @@ def _dump_state_command(arguments: dict) -> None:
         return
     path = Path(target)
     commands = json.loads(path.read_text()) if path.exists() else {}
-    commands[host.name] = state_command(*arguments.values())
+    commands[host.name] = state_command(**arguments)
     path.write_text(json.dumps(commands, indent=1))
 
 
@@ -179,7 +180,7 @@ def system_user(name: str, home: str, groups: tuple[str, ...] = (), shell: str =
     """A system user with its own group and these supplementary groups (those that exist on the host)."""
     snap = snapshot()
     wanted = sorted(g for g in groups if g in snap.groups)
-    current = snap.users.get(name)
+    current = snap.user(name)
     q = shlex.quote(name)
     if current is None:
         extra = f" -G {','.join(wanted)}" if wanted else ""
@@ -201,14 +202,14 @@ def unit(name: str, enabled: bool = True, running: bool | None = True, restart: 
     `will_change` of the operations that wrote the unit's files (see `changed`),
     so a dry run reports exactly the restarts an apply would do.
     """
-    current = snapshot().units.get(name)
+    current = snapshot().unit(name)
     q = shlex.quote(name)
-    is_enabled = current is not None and current.enabled in ("enabled", "static", "generated")
-    is_running = current is not None and current.active in ("active", "activating", "reloading")
+    is_enabled = current is not None and current.is_enabled
+    is_running = current is not None and current.is_running
     commands = ["systemctl daemon-reload"] if daemon_reload else []
     if enabled and not is_enabled:
         commands.append(f"systemctl enable {q}")
-    if not enabled and is_enabled and current and current.enabled != "static":
+    if not enabled and is_enabled and current and current.unit_file_state != "static":
         commands.append(f"systemctl disable {q}")
     if running is True and not is_running:
         commands.append(f"systemctl start {q}")
@@ -219,7 +220,7 @@ def unit(name: str, enabled: bool = True, running: bool | None = True, restart: 
     if commands:
         yield " && ".join(commands)  # one remote command however many steps
     else:
-        host.noop(f"unit {name} is {current.active if current else 'unknown'}")
+        host.noop(f"unit {name} is {(current.active_state or '') if current else 'unknown'}")
 
 
 def changed(*metas) -> bool:

@@ -46,6 +46,8 @@ from deploys import keys, ops
 from deploys import router_config as rc
 from deploys.render import render
 from deploys.secrets import ensure_secret
+from facts.host_state import FactRequest
+from facts.system import OnlineCpus
 from inventory.model import Host, Inventory, Router
 
 LAYOUT = rc.DEFAULT_LAYOUT
@@ -503,8 +505,8 @@ def activated(venv: str, port: int, check_port: int, trial_unit: str, changed: b
     """
     snap = ops.snapshot()
     link = snap.path(CURRENT_LINK)
-    unit = snap.units.get(UNIT)
-    serving = unit is not None and unit.active in ("active", "activating", "reloading")
+    unit = snap.unit(UNIT)
+    serving = unit is not None and unit.is_running
     if not changed and link.kind == "link" and link.target == venv and serving:
         current_host.noop(f"{UNIT} runs {venv}")
         return
@@ -572,21 +574,16 @@ def managed_paths(inv: Inventory, host: Host) -> list[str]:
 
 
 # The unit's default worker count follows the host's CPUs: read in the same snapshot.
-CPU_PROBE = "router-cpus"
+CPUS = FactRequest.of(OnlineCpus)
 
 
 def declare(inv: Inventory, host: Host) -> None:
     """Register everything the router deploy reads, for the host's one state snapshot."""
-    ops.declare(paths=managed_paths(inv, host), units=(UNIT,), users=(SERVICE_USER,),
-                probes={CPU_PROBE: "getconf _NPROCESSORS_ONLN"})
+    ops.declare(paths=managed_paths(inv, host), units=(UNIT,), users=(SERVICE_USER,), facts=(CPUS,))
 
 
 def cpu_count() -> int:
-    probe = ops.snapshot().probes.get(CPU_PROBE)
-    try:
-        return max(1, int(probe.output.strip())) if probe is not None and probe.status == 0 else 1
-    except ValueError:
-        return 1
+    return ops.snapshot().get(OnlineCpus).count or 1
 
 
 @deploy("LiteLLM router")

@@ -14,6 +14,7 @@ from pyinfra.api import FactBase
 from typing_extensions import override
 
 from facts._util import SECTION_PREFIX, JsonDataclass, parse_json_lines, section_marker, to_int
+from facts.sections import SectionFact
 
 _ABSENT_MARKER = f"{SECTION_PREFIX}absent"
 
@@ -170,7 +171,7 @@ class TailscaleStatus(FactBase[TailscaleNode]):
         return parse_tailscale_status(output)
 
 
-class TailscaleServeStatus(FactBase[TailscaleServe]):
+class TailscaleServeStatus(SectionFact[TailscaleServe]):
     """
     Returns the ``tailscale serve`` routes (port, host, path, proxy target, funnel).
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from pyinfra.api import FactBase, QuoteString, StringCommand
+from pyinfra.api import QuoteString, StringCommand
 from typing_extensions import override
 
 from facts._util import JsonDataclass, to_int
+from facts.sections import SectionFact
 
 UNIT_PROPERTIES = (
     "Id",
@@ -20,12 +21,20 @@ UNIT_PROPERTIES = (
     "ExecMainStatus",
     "FragmentPath",
 )
-_ENABLED_STATES = {"enabled", "enabled-runtime", "static", "alias", "indirect", "generated"}
+# `systemctl enable` has nothing to do: linked, no [Install] section, or made by a generator.
+# ("indirect", "alias" and "enabled-runtime" are left out: `systemctl enable` still changes those.)
+ENABLED_STATES = ("enabled", "static", "generated")
+# Started or on its way: `systemctl start` has nothing to do.
+RUNNING_STATES = ("active", "activating", "reloading")
 
 
 @dataclass(frozen=True)
 class UnitState(JsonDataclass):
-    """Empty systemd values become None; ``exec_main_status`` only exists for services."""
+    """Empty systemd values become None; ``exec_main_status`` only exists for services.
+
+    The one place that decides what "enabled", "running" and "active" mean, for the
+    operations and the checks alike.
+    """
 
     id: str
     names: tuple[str, ...]
@@ -41,12 +50,28 @@ class UnitState(JsonDataclass):
         return self.load_state not in (None, "not-found")
 
     @property
+    def is_enabled(self) -> bool:
+        """Starts at boot, or cannot be enabled: nothing for `systemctl enable` to do."""
+        return self.unit_file_state in ENABLED_STATES
+
+    @property
+    def is_enabled_by_link(self) -> bool:
+        """`systemctl enable` was run for it (UnitFileState enabled): not merely static or generated."""
+        return self.unit_file_state == "enabled"
+
+    @property
+    def is_running(self) -> bool:
+        """Started or starting: nothing for `systemctl start` to do."""
+        return self.active_state in RUNNING_STATES
+
+    @property
     def is_active(self) -> bool:
+        """Up right now (ActiveState active), which a check or a choice of firewall asks for."""
         return self.active_state == "active"
 
     @property
-    def is_enabled(self) -> bool:
-        return self.unit_file_state in _ENABLED_STATES
+    def has_failed(self) -> bool:
+        return self.active_state == "failed"
 
 
 def parse_unit_blocks(lines: Iterable[str]) -> dict[str, UnitState]:
@@ -89,7 +114,7 @@ def unit_state(states: Mapping[str, UnitState], name: str) -> UnitState | None:
     return next((state for state in states.values() if name in state.names), None)
 
 
-class UnitStates(FactBase[dict[str, UnitState]]):
+class UnitStates(SectionFact[dict[str, UnitState]]):
     """
     Returns the load/active/sub/unit-file state of the given units, keyed by unit id.
 

@@ -2,7 +2,9 @@
 
 A real pyinfra State with one host whose facts are preset (the way pyinfra's own
 operation tests fake facts); any other fact is an error, because our deploys must
-read the one batched snapshot.
+read the one batched snapshot. A test lists only what its host has: everything
+else the deploy declared reads as on a fresh host (absent paths and users, missing
+commands, each named fact as its command failing), as the real HostState would.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.server import LinuxDistribution, TmpDir
 
 from deploys import ops
-from deploys.state import HostState, Snapshot
+from facts.files import PathState
+from facts.host_state import FactRequest, HostState, Snapshot
+from facts.sections import Section
+from facts.units import UnitState
 
 
 def forget_host(name: str) -> None:
@@ -57,7 +62,7 @@ def plan(run: Callable[[], None], host_name: str, snapshot: Snapshot | Callable[
     def get_fact(cls, *args, **kwargs):
         if cls is HostState:
             if "snapshot" not in current:
-                current["snapshot"] = snapshot() if callable(snapshot) else snapshot
+                current["snapshot"] = as_declared(snapshot() if callable(snapshot) else snapshot, **kwargs)
             return current["snapshot"]
         if cls is TmpDir:
             return "/tmp"
@@ -78,6 +83,27 @@ def plan(run: Callable[[], None], host_name: str, snapshot: Snapshot | Callable[
             result.append((name, [command_text(c) for c in generator()]))
     forget_host(host.name)
     return result
+
+
+def as_declared(host: Snapshot, paths=(), units=(), users=(), commands=(),
+                facts: tuple[FactRequest, ...] = ()) -> Snapshot:
+    """The snapshot HostState would read with these arguments from a host in the state `host` lists."""
+    fresh = Section(1, problem="the test's host does not have it")
+    return Snapshot(
+        paths={p: host.paths.get(p, PathState("absent")) for p in paths},
+        units=dict(host.units),
+        users={u: host.users.get(u) for u in users},
+        groups=host.groups,
+        commands={c: host.commands.get(c, False) for c in commands},
+        values={r.key: host.values[r.key] if r.key in host.values else r.fact().process_section(fresh)
+                for r in facts},
+    )
+
+
+def unit(name: str, active: str, enabled: str, load: str = "loaded") -> UnitState:
+    """A unit as `systemctl show` describes it (the states the deploys read)."""
+    return UnitState(id=name, names=(name,), load_state=load, active_state=active or None, sub_state=None,
+                     unit_file_state=enabled or None, exec_main_status=None, fragment_path=None)
 
 
 def changes(steps: list[tuple[str, list[str]]]) -> dict[str, list[str]]:
