@@ -10,12 +10,14 @@ import pytest
 from checks import core
 from checks.__main__ import duration_seconds, table
 from checks.observe import client_request_script
-from deploys.state import PathState, UnitState
+from facts.files import PathState
 from facts.gpu import GpuDevice, GpuInventory
+from facts.host_state import Undeclared
 from facts.ollama import InstalledModel, LoadedModel, OllamaState
 from facts.sockets import parse_ss_listeners
 from facts.tailscale import parse_tailscale_serve
 from inventory.load import load_inventory
+from tests.deploy_harness import unit
 
 REPO = Path(__file__).resolve().parent.parent
 NFT = REPO / "tests" / "fixtures" / "nft"
@@ -122,18 +124,28 @@ def test_idle_against_baseline():
 
 
 def test_units():
-    units = {"ollama.service": UnitState("loaded", "active", "enabled"),
-             "llm-router.service": UnitState("loaded", "inactive", "enabled")}
-    results = core.check_units(P620, units, ["ollama.service", "llm-router.service", "missing.service"])
-    assert [r.status for r in results] == ["PASS", "FAIL", "FAIL"]
+    units = {u.id: u for u in (unit("ollama.service", "active", "enabled"),
+                               unit("llm-router.service", "inactive", "enabled"),
+                               unit("static.service", "active", "static"),
+                               unit("starting.service", "activating", "enabled"),
+                               unit("gone.service", "inactive", "", load="not-found"))}
+    names = ["ollama.service", "llm-router.service", "missing.service", "static.service", "starting.service",
+             "gone.service"]
+    results = core.check_units(P620, units, names)
+    assert [r.status for r in results] == ["PASS", "FAIL", "FAIL", "PASS", "FAIL", "FAIL"]
+    assert [r.observed for r in results] == ["active/enabled", "inactive/enabled", "not found", "active/static",
+                                             "activating/enabled", "inactive/"]
 
 
 def test_file_modes():
-    paths = {"/k": PathState("file", "600", "olaf", "olaf"), "/loose": PathState("file", "644", "olaf", "olaf")}
+    paths = {"/k": PathState("file", "600", "olaf", "olaf"), "/loose": PathState("file", "644", "olaf", "olaf"),
+             "/absent": PathState("absent")}
     assert core.check_file_mode(RAZER, paths, "/k", "600", "olaf", None, "key").status == "PASS"
     loose = core.check_file_mode(RAZER, paths, "/loose", "600", "olaf", None, "key")
     assert loose.status == "FAIL" and "chmod 600" in loose.reason
     assert core.check_file_mode(RAZER, paths, "/absent", "600", "olaf", None, "key").status == "FAIL"
+    with pytest.raises(Undeclared, match="/unread"):
+        core.check_file_mode(RAZER, paths, "/unread", "600", "olaf", None, "key")
 
 
 def test_security_threshold():

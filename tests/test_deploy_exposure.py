@@ -14,9 +14,13 @@ from pyinfra.api.exceptions import DeployError
 from ruamel.yaml import YAML
 
 from deploys import exposure
-from deploys.state import PathState, Probe, Snapshot, UnitState
+from facts.files import PathState
+from facts.firewall_backends import FirewalldZonePorts, UfwState
+from facts.host_state import Snapshot
+from facts.sections import Section
+from facts.tailscale import parse_tailscale_serve
 from inventory.load import load_inventory
-from tests.deploy_harness import changes, plan
+from tests.deploy_harness import changes, plan, unit
 
 REPO = Path(__file__).resolve().parent.parent
 INV = load_inventory(REPO / "inventory" / "lab.yaml")
@@ -65,10 +69,14 @@ def test_choose_firewall():
         exposure.choose_firewall("auto", {"firewalld.service"}, {"nft", "ufw"}, True)
 
 
+def serve(output: str):
+    return parse_tailscale_serve(output.splitlines())
+
+
 def test_serve_is_current():
-    assert exposure.serve_is_current(P620.server, SERVED)
-    assert not exposure.serve_is_current(P620.server, "{}")
-    assert not exposure.serve_is_current(P620.server, SERVED.replace("4000", "4001"))
+    assert exposure.serve_is_current(P620.server, serve(SERVED))
+    assert not exposure.serve_is_current(P620.server, serve("{}"))
+    assert not exposure.serve_is_current(P620.server, serve(SERVED.replace("4000", "4001")))
 
 
 def test_serve_unit_waits_for_tailscale_and_applies_the_mapping():
@@ -77,8 +85,16 @@ def test_serve_unit_waits_for_tailscale_and_applies_the_mapping():
     assert "tailscale status" in unit and "WantedBy=multi-user.target" in unit
 
 
+def ufw_state(status: str) -> UfwState:
+    return UfwState("Status: active" in status, status)
+
+
+def firewalld(lines: str) -> dict:
+    return FirewalldZonePorts().process_section(Section(0, tuple(lines.splitlines())))
+
+
 def converged() -> Snapshot:
-    return Snapshot(
+    return Snapshot.of(
         paths={exposure.NFT_FILE: PathState("file", "644", "root", "root",
                                             hashlib.sha256(exposure.nft_ruleset(P620).encode())
                                             .hexdigest()),
@@ -86,11 +102,10 @@ def converged() -> Snapshot:
                exposure.SERVE_UNIT_PATH: PathState("file", "644", "root", "root",
                                                    hashlib.sha256(exposure.serve_unit(P620.server)
                                                                                 .encode()).hexdigest())},
-        units={"nftables.service": UnitState("loaded", "active", "enabled"),
-               exposure.SERVE_UNIT: UnitState("loaded", "active", "enabled")},
-        commands=frozenset({"nft", "tailscale"}),
-        probes={exposure.PROBE_NFT_TABLE: Probe(0, ""), exposure.PROBE_NFT_INCLUDE: Probe(0, ""),
-                exposure.PROBE_SERVE: Probe(0, SERVED), exposure.PROBE_UFW: Probe(127, "")},
+        units=[unit("nftables.service", "active", "enabled"), unit(exposure.SERVE_UNIT, "active", "enabled")],
+        commands={"nft": True, "tailscale": True},
+        facts={exposure.NFT_TABLE_LOADED: True, exposure.NFT_INCLUDED: True, exposure.SERVE: serve(SERVED),
+               exposure.UFW: ufw_state("")},
     )
 
 
@@ -104,27 +119,27 @@ def test_converged_host_yields_no_commands():
 
 def test_flushed_table_is_reloaded_and_nothing_else():
     snap = converged()
-    snap.probes[exposure.PROBE_NFT_TABLE] = Probe(1, "")
+    snap.values[exposure.NFT_TABLE_LOADED.key] = False
     assert list(changes(run(snap)).values()) == [[f"nft -f {exposure.NFT_FILE}"]]
 
 
 def test_reset_serve_config_is_reapplied():
     snap = converged()
-    snap.probes[exposure.PROBE_SERVE] = Probe(0, "{}")
+    snap.values[exposure.SERVE.key] = serve("{}")
     assert list(changes(run(snap)).values()) == [
         ["tailscale serve --bg --https=443 --set-path=/router http://localhost:4000"]]
 
 
 def test_missing_include_appends_two_lines_to_nftables_conf():
     snap = converged()
-    snap.probes[exposure.PROBE_NFT_INCLUDE] = Probe(1, "")
+    snap.values[exposure.NFT_INCLUDED.key] = False
     [commands] = changes(run(snap)).values()
     assert commands[0].endswith(f">> {exposure.NFT_CONF}") and exposure.NFT_INCLUDE in commands[0]
 
 
 def test_ufw_host_gets_per_interface_rules_and_our_table():
     snap = converged()
-    snap.probes[exposure.PROBE_UFW] = Probe(0, "Status: active\n")
+    snap.values[exposure.UFW.key] = ufw_state("Status: active\n")
     found = changes(run(snap))
     ufw = next(commands for name, commands in found.items() if "ufw" in name)
     assert ufw == ["ufw allow in on tailscale0 to any port 4000 proto tcp comment llm-router",
@@ -154,7 +169,7 @@ def test_exposure_off_removes_only_ours(tmp_path):
 
 def test_nftables_service_is_enabled_for_boot_but_never_started():
     snap = converged()
-    snap.units["nftables.service"] = UnitState("loaded", "inactive", "disabled")
+    snap.units["nftables.service"] = unit("nftables.service", "inactive", "disabled")
     [commands] = changes(run(snap)).values()
     assert commands == [f"systemctl enable nftables.service && touch {exposure.NFT_ENABLED_MARKER}"]
     assert "start" not in commands[0]
@@ -162,9 +177,9 @@ def test_nftables_service_is_enabled_for_boot_but_never_started():
 
 def test_ufw_host_loads_our_table_at_boot_with_our_own_unit_not_nftables_service():
     snap = converged()
-    snap.probes[exposure.PROBE_UFW] = Probe(0, "Status: active\n")
-    snap.probes[exposure.PROBE_NFT_INCLUDE] = Probe(1, "")
-    snap.units["nftables.service"] = UnitState("loaded", "inactive", "disabled")
+    snap.values[exposure.UFW.key] = ufw_state("Status: active\n")
+    snap.values[exposure.NFT_INCLUDED.key] = False
+    snap.units["nftables.service"] = unit("nftables.service", "inactive", "disabled")
     found = changes(run(snap))
     flat = " ; ".join(c for commands in found.values() for c in commands)
     assert exposure.BOOT_UNIT_PATH in " ".join(found) or "llm-router-firewall.service" in flat
@@ -193,17 +208,17 @@ To                         Action      From
 def converged_behind(firewall: str, firewall_probe: str = "") -> Snapshot:
     """A converged host whose own firewall is firewalld or ufw: our table loaded by our boot unit."""
     snap = converged()
-    snap.units["nftables.service"] = UnitState("loaded", "inactive", "disabled")
-    snap.probes[exposure.PROBE_NFT_INCLUDE] = Probe(1, "")
+    snap.units["nftables.service"] = unit("nftables.service", "inactive", "disabled")
+    snap.values[exposure.NFT_INCLUDED.key] = False
     snap.paths[exposure.BOOT_UNIT_PATH] = PathState("file", "644", "root", "root",
                                                     hashlib.sha256(exposure.boot_unit().encode()).hexdigest())
-    snap.units[exposure.BOOT_UNIT] = UnitState("loaded", "active", "enabled")
+    snap.units[exposure.BOOT_UNIT] = unit(exposure.BOOT_UNIT, "active", "enabled")
     if firewall == "firewalld":
-        snap.units["firewalld.service"] = UnitState("loaded", "active", "enabled")
-        snap.probes[exposure.PROBE_FIREWALLD] = Probe(0, firewall_probe or
-                                                      "tailscale0 public yes yes\nenp1s0 public yes yes\n")
+        snap.units["firewalld.service"] = unit("firewalld.service", "active", "enabled")
+        zones = exposure.firewalld_zones(P620.server.router.port, exposure.opened_interfaces(P620))
+        snap.values[zones.key] = firewalld(firewall_probe or "tailscale0 public yes yes\nenp1s0 public yes yes\n")
     else:
-        snap.probes[exposure.PROBE_UFW] = Probe(0, firewall_probe or UFW_OPENED)
+        snap.values[exposure.UFW.key] = ufw_state(firewall_probe or UFW_OPENED)
     return snap
 
 
@@ -249,12 +264,13 @@ esac
 """)
     for script in fake.iterdir():
         script.chmod(0o755)
-    command = exposure.firewalld_probe(4000, ("tailscale0", "enp1s0"))
+    command = FirewalldZonePorts().command(4000, ("tailscale0", "enp1s0"))
     done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=False,
                           env={"PATH": f"{fake}:/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["tailscale0 trusted yes yes", "enp1s0 public no yes"]
-    assert exposure.firewalld_missing(done.stdout, ("tailscale0", "enp1s0")) == [("public", True, False)]
+    zones = firewalld(done.stdout)
+    assert exposure.firewalld_missing(zones, ("tailscale0", "enp1s0")) == [("public", True, False)]
 
 
 def test_ufw_rules_are_recognised_per_interface_and_port():
@@ -307,8 +323,8 @@ def test_caddy_on_a_fresh_host_keeps_the_admins_file_validates_and_exports_the_c
     inv = caddy_inventory(tmp_path)
     snap = converged()
     snap.paths[exposure.CADDYFILE] = PathState("file", "644", "root", "root", "0" * 64)  # Debian's default
-    snap.probes[exposure.PROBE_CADDYFILE_OURS] = Probe(1, "")
-    snap.units["caddy.service"] = UnitState("loaded", "inactive", "disabled")
+    snap.values[exposure.CADDYFILE_OURS.key] = False
+    snap.units["caddy.service"] = unit("caddy.service", "inactive", "disabled")
     found = changes(run(snap, inv))
     keep = next(c for name, c in found.items() if "Keep the admin" in name)
     assert keep == [f"cp -p {exposure.CADDYFILE} {exposure.CADDYFILE_ORIGINAL}"]
@@ -337,9 +353,9 @@ def test_converged_caddy_host_yields_no_commands(tmp_path):
     drop_in = hashlib.sha256(exposure.CADDY_DROP_IN_TEXT.encode()).hexdigest()
     snap.paths[exposure.CADDY_DROP_IN] = PathState("file", "644", "root", "root", drop_in)
     snap.paths[str(Path(exposure.CADDY_DROP_IN).parent)] = PathState("dir", "755", "root", "root", "")
-    snap.probes[exposure.PROBE_CADDYFILE_OURS] = Probe(0, "")
-    snap.probes[exposure.PROBE_SERVE] = Probe(0, "{}")
-    snap.units["caddy.service"] = UnitState("loaded", "active", "enabled")
+    snap.values[exposure.CADDYFILE_OURS.key] = True
+    snap.values[exposure.SERVE.key] = serve("{}")
+    snap.units["caddy.service"] = unit("caddy.service", "active", "enabled")
     assert changes(run(snap, inv)) == {}
     # A new CA on the server (Caddy's data wiped) is fetched again.
     snap.paths[exposure.CADDY_ROOT_CA] = PathState("file", "644", "caddy", "caddy", "2" * 64)
@@ -348,7 +364,7 @@ def test_converged_caddy_host_yields_no_commands(tmp_path):
 
 def test_caddy_off_restores_the_admins_caddyfile_and_disables_what_we_enabled():
     snap = converged()
-    snap.probes[exposure.PROBE_CADDYFILE_OURS] = Probe(0, "")
+    snap.values[exposure.CADDYFILE_OURS.key] = True
     snap.paths[exposure.CADDYFILE_ORIGINAL] = PathState("file", "644", "root", "root", "1" * 64)
     snap.paths[exposure.CADDY_ENABLED_MARKER] = PathState("file", "644", "root", "root", "")
     found = changes(run(snap))
@@ -363,7 +379,7 @@ def test_caddy_off_restores_the_admins_caddyfile_and_disables_what_we_enabled():
 def test_nftables_host_that_turns_on_ufw_gives_up_nftables_service_we_enabled():
     snap = converged()  # deployed as an nftables host: include line present, nftables.service enabled by us
     snap.paths[exposure.NFT_ENABLED_MARKER] = PathState("file", "644", "root", "root", "")
-    snap.probes[exposure.PROBE_UFW] = Probe(0, UFW_OPENED)
+    snap.values[exposure.UFW.key] = ufw_state(UFW_OPENED)
     found = changes(run(snap))
     undo = next(commands for name, commands in found.items() if "another firewall backend" in name)
     assert undo == [(f"sed -i -e {shlex.quote(exposure._SED_DELETE_INCLUDE)} {exposure.NFT_CONF} && "
@@ -372,8 +388,8 @@ def test_nftables_host_that_turns_on_ufw_gives_up_nftables_service_we_enabled():
 
 def test_nftables_service_the_admin_enabled_is_left_alone_on_a_switch():
     snap = converged()
-    snap.probes[exposure.PROBE_UFW] = Probe(0, UFW_OPENED)
-    snap.probes[exposure.PROBE_NFT_INCLUDE] = Probe(1, "")  # no include line of ours, no marker
+    snap.values[exposure.UFW.key] = ufw_state(UFW_OPENED)
+    snap.values[exposure.NFT_INCLUDED.key] = False  # no include line of ours, no marker
     found = changes(run(snap))
     assert not any("another firewall backend" in name for name in found)
 

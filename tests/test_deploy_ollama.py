@@ -11,16 +11,19 @@ import hashlib
 import ipaddress
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from deploys import ollama as deploy_ollama
-from deploys.state import PathState, Probe, Snapshot, UnitState, UserState
+from facts.files import PathState
+from facts.host_state import Snapshot
+from facts.users import UserState
 from inventory.derive import ollama_archives
 from inventory.load import load_inventory
 from inventory.model import Acceleration, ArtifactSourceUpload, Inventory, Ollama
-from tests.deploy_harness import changes
+from tests.deploy_harness import changes, unit
 from tests.deploy_harness import plan as run_plan
 
 LAB_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "lab.yaml"
@@ -349,13 +352,12 @@ def converged_snapshot(inv: Inventory) -> Snapshot:
         f"{d.UNIT_DIR}/{d.OLLAMA_UNIT}": _file_state(d.render_ollama_unit(ollama)),
         f"{d.UNIT_DIR}/{d.LOADER_UNIT}": _file_state(d.render_loader_unit(ollama)),
     }
-    return Snapshot(
+    return Snapshot.of(
         paths=paths,
-        units={d.OLLAMA_UNIT: UnitState("loaded", "active", "enabled"),
-               d.LOADER_UNIT: UnitState("loaded", "inactive", "enabled")},
+        units=[unit(d.OLLAMA_UNIT, "active", "enabled"), unit(d.LOADER_UNIT, "inactive", "enabled")],
         users={"ollama": UserState(990, 990, frozenset({"ollama", "render", "video"}), d.STATE_DIR)},
         groups=frozenset({"root", "ollama", "render", "video"}),
-        commands=frozenset({"sha256sum", "tar", "zstd"}),
+        commands=dict.fromkeys(("sha256sum", "tar", "zstd"), True),
     )
 
 
@@ -377,8 +379,7 @@ def test_changed_unit_restarts_ollama_and_reloads_systemd_only():
     snapshot = converged_snapshot(inv)
     unit_path = f"{deploy_ollama.UNIT_DIR}/{deploy_ollama.OLLAMA_UNIT}"
     paths = {**snapshot.paths, unit_path: _file_state("[Service]\nEnvironment=OLLAMA_KEEP_ALIVE=1h\n")}
-    changed = changes(plan(inv, Snapshot(paths, snapshot.units, snapshot.users, snapshot.groups,
-                                         snapshot.commands)))
+    changed = changes(plan(inv, replace(snapshot, paths=paths)))
     assert set(changed) == {"ollama.service file", "ollama.service", "ollama-model-loader.service"}
     assert changed["ollama.service"] == ["systemctl daemon-reload && systemctl restart ollama.service"]
     assert changed["ollama-model-loader.service"] == ["systemctl restart --no-block ollama-model-loader.service"]
@@ -388,8 +389,7 @@ def test_changed_model_list_restarts_only_the_loader():
     inv = lab_inventory()
     snapshot = converged_snapshot(inv)
     paths = {**snapshot.paths, deploy_ollama.MODELS_LIST: _file_state("persistent other:1b\n")}
-    changed = changes(plan(inv, Snapshot(paths, snapshot.units, snapshot.users, snapshot.groups,
-                                         snapshot.commands)))
+    changed = changes(plan(inv, replace(snapshot, paths=paths)))
     assert set(changed) == {"/etc/ollama/models.list", "ollama-model-loader.service"}
     assert changed["ollama-model-loader.service"] == ["systemctl restart --no-block ollama-model-loader.service"]
 
@@ -397,17 +397,15 @@ def test_changed_model_list_restarts_only_the_loader():
 def test_failed_loader_is_started_again():
     inv = lab_inventory()
     snapshot = converged_snapshot(inv)
-    units = {**snapshot.units, deploy_ollama.LOADER_UNIT: UnitState("loaded", "failed", "enabled")}
-    changed = changes(plan(inv, Snapshot(snapshot.paths, units, snapshot.users, snapshot.groups,
-                                         snapshot.commands)))
+    units = {**snapshot.units, deploy_ollama.LOADER_UNIT: unit(deploy_ollama.LOADER_UNIT, "failed", "enabled")}
+    changed = changes(plan(inv, replace(snapshot, units=units)))
     assert changed == {"ollama-model-loader.service": ["systemctl restart --no-block ollama-model-loader.service"]}
 
 
 def test_fresh_host_uploads_verifies_installs_and_switches_current(tmp_path):
     inv = with_release_files(lab_inventory(), tmp_path)
     ollama = inv.hosts["p620"].server.ollama
-    steps = plan(inv, Snapshot(groups=frozenset({"root", "render", "video"}),
-                               commands=frozenset({"sha256sum", "tar"})))
+    steps = plan(inv, Snapshot.of(groups={"root", "render", "video"}, commands={"sha256sum": True, "tar": True}))
     changed = changes(steps)
     names = [name for name, commands in steps if commands]
     release = changed[f"release {deploy_ollama.release_id(ollama)}"]
@@ -445,8 +443,7 @@ def test_user_missing_a_gpu_group_gets_it_added():
     inv = lab_inventory()
     snapshot = converged_snapshot(inv)
     users = {"ollama": UserState(990, 990, frozenset({"ollama", "video"}), deploy_ollama.STATE_DIR)}
-    changed = changes(plan(inv, Snapshot(snapshot.paths, snapshot.units, users, snapshot.groups,
-                                         snapshot.commands)))
+    changed = changes(plan(inv, replace(snapshot, users=users)))
     assert changed == {"system user ollama": ["usermod -a -G render ollama"]}
 
 
@@ -455,8 +452,7 @@ def test_models_dir_is_created_owned_by_ollama():
     snapshot = converged_snapshot(inv)
     models_dir = str(inv.hosts["p620"].server.ollama.models_dir)
     paths = {k: v for k, v in snapshot.paths.items() if k != models_dir}
-    changed = changes(plan(inv, Snapshot(paths, snapshot.units, snapshot.users, snapshot.groups,
-                                         snapshot.commands)))
+    changed = changes(plan(inv, replace(snapshot, paths=paths)))
     assert changed == {f"models dir {models_dir}": [f"install -d -m 750 -o ollama -g ollama {models_dir}"]}
 
 
@@ -472,8 +468,7 @@ def test_rollback_to_an_installed_release_is_only_a_link_switch_and_restart():
     # The host runs the newer release; the inventory pins the old one again, still on disk.
     paths = {**snapshot.paths, newer: snapshot.paths[old_dir],
              deploy_ollama.CURRENT_LINK: PathState("link", target=newer)}
-    changed = changes(plan(inv, Snapshot(paths, snapshot.units, snapshot.users, snapshot.groups,
-                                         snapshot.commands)))
+    changed = changes(plan(inv, replace(snapshot, paths=paths)))
     assert changed == {
         deploy_ollama.CURRENT_LINK: [(f"ln -sfn {old_dir} /opt/ollama/current.new && "
                                      "mv -T /opt/ollama/current.new /opt/ollama/current")],
@@ -499,9 +494,7 @@ def test_old_releases_beyond_the_newest_three_are_removed_after_the_switch():
     snapshot = converged_snapshot(inv)
     wanted = deploy_ollama.release_id(inv.hosts["p620"].server.ollama)
     listing = f"current\n{wanted}\n0.13.4-111111111111\n0.13.3-222222222222\n0.13.2-333333333333\n"
-    probes = {deploy_ollama.RELEASES_PROBE: Probe(0, listing)}
-    steps = plan(inv, Snapshot(snapshot.paths, snapshot.units, snapshot.users, snapshot.groups,
-                               snapshot.commands, probes))
+    steps = plan(inv, replace(snapshot, values={deploy_ollama.RELEASES.key: tuple(listing.split())}))
     changed = changes(steps)
     assert changed == {"releases beyond the newest 3": [
         "rm -rf /opt/ollama/0.13.2-333333333333"]}

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,13 @@ import pytest
 from deploys import keys
 from deploys import router as deploy_router
 from deploys.secrets import ensure_secret
-from deploys.state import PathState, Probe, Snapshot, UnitState, UserState
+from facts.files import PathState
+from facts.host_state import Snapshot
+from facts.system import CpuCount
+from facts.users import UserState
 from inventory.load import load_inventory
 from inventory.model import Inventory
-from tests.deploy_harness import changes
+from tests.deploy_harness import changes, unit
 from tests.deploy_harness import plan as run_plan
 
 REPO = Path(__file__).resolve().parent.parent
@@ -186,12 +190,12 @@ def converged_snapshot(inv: Inventory) -> Snapshot:
         keys.KEY_HASHES_FILE: _file_state(keys.server_keys(inv, host), "640", "llm-router"),
         **{spec.live: _file_state(live[spec.live], spec.mode, spec.group) for spec in d.STAGED_FILES},
     }
-    return Snapshot(
+    return Snapshot.of(
         paths=paths,
-        units={d.UNIT: UnitState("loaded", "active", "enabled")},
+        units=[unit(d.UNIT, "active", "enabled")],
         users={"llm-router": UserState(991, 991, frozenset({"llm-router"}), "/var/lib/llm-router")},
         groups=frozenset({"root", "llm-router"}),
-        probes={deploy_router.CPU_PROBE: Probe(0, f"{CPUS}\n")},
+        facts={deploy_router.CPUS: CpuCount(CPUS)},
     )
 
 
@@ -208,15 +212,14 @@ def plan(inv: Inventory, snapshot: Snapshot | None = None, data: dict | None = N
 
     # The converged snapshot needs the secrets first: it is built inside the host context.
     def current() -> Snapshot:
-        return snapshot(inv) if callable(snapshot) else (snapshot or Snapshot())
+        return snapshot(inv) if callable(snapshot) else (snapshot or Snapshot.of())
 
     return run_plan(run, "p620", current, hosts=["p620", "razer"], data=data, limit=limit,
                     prefix=("LiteLLM router | ", "Finish router key rotation | "))
 
 
 def _with_paths(snapshot: Snapshot, **paths: PathState) -> Snapshot:
-    return Snapshot({**snapshot.paths, **paths}, snapshot.units, snapshot.users, snapshot.groups,
-                    snapshot.commands, snapshot.probes)
+    return replace(snapshot, paths={**snapshot.paths, **paths})
 
 
 def test_converged_host_yields_no_commands(inv):
@@ -226,7 +229,7 @@ def test_converged_host_yields_no_commands(inv):
 
 
 def test_fresh_host_gets_everything_and_one_activation(inv):
-    steps = dict(plan(inv, Snapshot(probes={deploy_router.CPU_PROBE: Probe(0, f"{CPUS}\n")})))
+    steps = dict(plan(inv, Snapshot.of(facts={deploy_router.CPUS: CpuCount(CPUS)})))
     p = deploy_router.plan(inv, inv.hosts["p620"])
     activation = steps["Router: activate (check, swap, restart)"]
     assert activation == [f"upload -> {deploy_router.CHECK_UNIT_SOURCE}",
@@ -265,7 +268,7 @@ def test_a_staged_file_left_by_an_interrupted_apply_is_removed(inv):
 
 
 def test_the_trial_unit_runs_the_new_venv_and_config_on_loopback(inv):
-    steps = plan(inv, Snapshot())  # creates the secrets the rendering needs
+    steps = plan(inv, Snapshot.of())  # creates the secrets the rendering needs
     assert steps
     host = inv.hosts["p620"]
     p = deploy_router.plan(inv, host)
@@ -280,14 +283,13 @@ def test_the_trial_unit_runs_the_new_venv_and_config_on_loopback(inv):
 def test_a_stopped_router_is_activated_even_without_changes(inv):
     def snapshot(inv):
         converged = converged_snapshot(inv)
-        return Snapshot(converged.paths, {deploy_router.UNIT: UnitState("loaded", "failed", "enabled")},
-                        converged.users, converged.groups, converged.commands, converged.probes)
+        return replace(converged, units={deploy_router.UNIT: unit(deploy_router.UNIT, "failed", "enabled")})
     changed = changes(plan(inv, snapshot))
     assert "Router: activate (check, swap, restart)" in changed
 
 
 def test_secrets_never_appear_in_commands(inv):
-    steps = plan(inv, Snapshot())
+    steps = plan(inv, Snapshot.of())
     text = "\n".join(c for _, commands in steps for c in commands)
     master = (inv.secrets_path / "litellm-master-key").read_text().strip()
     razer = (inv.secrets_path / "router-key-razer").read_text().strip()
@@ -337,7 +339,7 @@ def test_pypi_install_resolves_the_pins_on_the_host_and_uploads_nothing(inv):
 
 
 def test_secrets_are_written_beside_and_renamed_over_never_in_place(inv):
-    steps = dict(plan(inv, Snapshot()))
+    steps = dict(plan(inv, Snapshot.of()))
     for name, path, mode, group in (("Router: client key hashes", keys.KEY_HASHES_FILE, "640", "llm-router"),
                                     ("Router: master key (systemd credential)", deploy_router.MASTER_KEY_FILE,
                                      "600", "root")):
@@ -351,5 +353,5 @@ def test_secrets_are_written_beside_and_renamed_over_never_in_place(inv):
 
 def test_a_rotation_refuses_to_run_without_the_client_or_its_router(inv):
     with pytest.raises(keys.RotationError, match="razer in this run"):
-        plan(inv, Snapshot(), data={"rotate_keys": "razer"}, limit=["p620"])
+        plan(inv, Snapshot.of(), data={"rotate_keys": "razer"}, limit=["p620"])
     assert not (inv.secrets_path / "router-key-razer.previous").exists()
