@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from facts.files import PathState
-from facts.firewall import admitted_interfaces
+from facts.firewall import RulesetUnreadable, admitted_interfaces
 from facts.gpu import GpuInventory
 from facts.host_state import Undeclared
 from facts.network import NetworkInterface
@@ -45,7 +45,7 @@ class ServerFacts:
 
     sockets: tuple[ListeningSocket, ...] | None = None
     interfaces: tuple[NetworkInterface, ...] | None = None
-    ruleset: dict | None = None
+    ruleset: dict | RulesetUnreadable | None = None
     serve: TailscaleServe | None = None
     ollama: OllamaState | None = None
     gpu: GpuInventory | None = None
@@ -134,6 +134,8 @@ def check_firewall_port(host: Host, facts: ServerFacts, port: int, expected_ifac
     if facts.ruleset is None:
         return _result(host.name, check, expected, "no nftables ruleset", False,
                        "nft -j list ruleset gave nothing: the firewall is not loaded; re-apply the deploy")
+    if isinstance(facts.ruleset, RulesetUnreadable):
+        return _result(host.name, check, expected, "unreadable nftables ruleset", False, facts.ruleset.reason)
     names = _interface_names(facts, host)
     # IPv4 and IPv6 both: an `ip`-family table leaves IPv6 wide open.
     admissions = [admitted_interfaces(facts.ruleset, port, names, family=family) for family in ("ip", "ip6")]

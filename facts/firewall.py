@@ -32,6 +32,8 @@ from typing import Any, Literal, TypeVar
 from pyinfra.api import FactBase
 from typing_extensions import override
 
+from facts._util import JsonDataclass
+
 Json = Any
 Tri = bool | None  # three-valued logic: None means "cannot tell"
 _T = TypeVar("_T")
@@ -69,10 +71,18 @@ _OTHER_L4_HEADERS = {"icmp", "icmpv6", "igmp", "udplite", "dccp", "esp", "ah", "
 # --------------------------------------------------------------------------------------
 
 
-class NftRuleset(FactBase[dict | None]):
+@dataclass(frozen=True)
+class RulesetUnreadable(JsonDataclass):
+    """What nft printed was not a ruleset: why, for the check to say."""
+
+    reason: str
+
+
+class NftRuleset(FactBase[dict | RulesetUnreadable | None]):
     """The whole nftables ruleset as ``nft -j`` prints it (libnftables JSON schema).
 
-    Returns ``None`` when ``nft`` prints nothing (no ruleset could be read).
+    Returns ``None`` when ``nft`` prints nothing (no ruleset could be read), and
+    ``RulesetUnreadable`` when it prints something that is not a JSON ruleset.
 
     .. code:: python
 
@@ -91,7 +101,7 @@ class NftRuleset(FactBase[dict | None]):
         return f"nft -j list ruleset && if command -v iptables-nft-save >/dev/null; then {saves} fi"
 
     @override
-    def process(self, output: list[str]) -> dict | None:
+    def process(self, output: list[str]) -> dict | RulesetUnreadable | None:
         json_lines: list[str] = []
         saves: dict[str, list[str]] = {}
         current = json_lines
@@ -103,7 +113,12 @@ class NftRuleset(FactBase[dict | None]):
         text = "\n".join(json_lines).strip()
         if not text:
             return None
-        ruleset = json.loads(text)
+        try:
+            ruleset = json.loads(text)
+        except ValueError as error:
+            return RulesetUnreadable(f"nft -j printed no JSON ({error}): {text.splitlines()[0][:80]!r}")
+        if not isinstance(ruleset, dict) or not isinstance(ruleset.get("nftables"), list):
+            return RulesetUnreadable(f"nft -j printed JSON without an nftables list: {text[:80]!r}")
         if saves:
             ruleset[IPTABLES_SAVE_KEY] = {family: "\n".join(lines) for family, lines in saves.items()}
         return ruleset

@@ -11,6 +11,7 @@ from checks import core
 from checks.__main__ import duration_seconds, table
 from checks.observe import client_request_script
 from facts.files import PathState
+from facts.firewall import NftRuleset
 from facts.gpu import GpuDevice, GpuInventory
 from facts.host_state import Undeclared
 from facts.ollama import InstalledModel, LoadedModel, OllamaState
@@ -65,6 +66,13 @@ def test_firewall_without_our_table_fails_naming_the_open_interfaces():
 def test_firewall_missing_ruleset_fails():
     result = core.check_firewall(P620, core.ServerFacts(ruleset=None))[0]
     assert result.status == "FAIL" and "not loaded" in result.reason
+
+
+def test_firewall_unreadable_ruleset_fails_with_the_facts_reason():
+    unreadable = NftRuleset().process(["Error: Could not process rule: Operation not permitted"])
+    result = core.check_firewall(P620, core.ServerFacts(ruleset=unreadable))[0]
+    assert (result.status, result.observed) == ("FAIL", "unreadable nftables ruleset")
+    assert "Operation not permitted" in result.reason
 
 
 def test_probe_judgement():

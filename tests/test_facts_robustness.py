@@ -6,12 +6,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from facts.files import DirectoryEntries, FileHasLine, FirstLineHas, JsonKeyEquals, Paths
+from facts.firewall import NftRuleset, RulesetUnreadable
+from facts.firewall_backends import FirewalldZonePorts, NftTableLoaded, UfwState, UfwStatus
 from facts.gpu import GpuInventory, GpuVram
 from facts.network import NetworkInterfaces
 from facts.ollama import OllamaState, OllamaStatus
 from facts.sockets import ListeningSockets
+from facts.system import CommandsOnPath, CpuCount, OnlineCpus
 from facts.tailscale import TailscaleNode, TailscaleServe, TailscaleServeStatus, TailscaleStatus
 from facts.units import UnitStates
+from facts.users import Groups, Users
 
 FACTS = [
     (GpuVram, GpuInventory),
@@ -21,6 +26,13 @@ FACTS = [
     (TailscaleStatus, TailscaleNode),
     (TailscaleServeStatus, TailscaleServe),
     (UnitStates, dict),
+    (NftRuleset, (dict, RulesetUnreadable, type(None))),
+]
+# The facts HostState batches (their values are not all JSON-serialisable: frozensets).
+SECTION_FACTS = [
+    (Paths, dict), (Users, dict), (Groups, frozenset), (CommandsOnPath, dict), (OnlineCpus, CpuCount),
+    (FileHasLine, bool), (FirstLineHas, bool), (JsonKeyEquals, bool), (DirectoryEntries, tuple),
+    (NftTableLoaded, bool), (UfwStatus, UfwState), (FirewalldZonePorts, dict),
 ]
 MARKERS = [
     "##section:rocm-smi",
@@ -57,7 +69,7 @@ shaped_json = st.recursive(
 lines = st.lists(st.one_of(st.text(max_size=40), st.sampled_from(MARKERS)), max_size=12)
 
 
-@pytest.mark.parametrize(("fact_class", "result_type"), FACTS)
+@pytest.mark.parametrize(("fact_class", "result_type"), FACTS + SECTION_FACTS)
 @settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(output=lines)
 def test_process_never_raises_on_text(fact_class, result_type, output):
@@ -72,3 +84,10 @@ def test_process_never_raises_on_json(fact_class, result_type, marker, document)
     assert isinstance(result, result_type)
     # pyinfra's CLI serialises results through to_json(); that must work for any result too.
     json.dumps(result, default=lambda value: value.to_json())
+
+
+def test_nft_ruleset_that_is_not_json_is_unreadable_with_a_reason():
+    broken = NftRuleset().process(['{"nftables": [', "Error: cache initialization failed"])
+    assert isinstance(broken, RulesetUnreadable) and "no JSON" in broken.reason
+    not_a_ruleset = NftRuleset().process(["[1, 2]"])
+    assert isinstance(not_a_ruleset, RulesetUnreadable) and "without an nftables list" in not_a_ruleset.reason
