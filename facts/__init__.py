@@ -6,4 +6,8 @@ remote command, ``requires_command`` where a single binary is mandatory, and a
 unit-tested without a host. Results are frozen dataclasses; a missing tool or an
 unreachable service gives an empty/``None`` result with a ``reason``, never an
 exception.
+
+``host_state.HostState`` runs many facts in one remote command: each is a
+``sections.SectionFact`` (its command, and a parser that may read its exit status),
+framed by ``sections.framed`` and parsed from its own section.
 """

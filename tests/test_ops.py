@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import subprocess
 
@@ -216,3 +217,18 @@ def test_users_and_paths_lines_that_do_not_parse_are_left_out():
                         encode("paths", 0, b"/a\x1fweird\n/b\x1fabsent\n")])
     assert snap.users == {"u": None}
     assert snap.paths == {"/b": PathState("absent")}
+
+
+def test_state_dump_records_the_one_state_command_bench_measures(tmp_path, monkeypatch):
+    dump = tmp_path / "state-commands.json"
+    monkeypatch.setenv("LLM_ROUTER_STATE_DUMP", str(dump))
+    probe = FactRequest.of(Shell, script="echo hi")
+
+    def body():
+        ops.declare(paths=[str(tmp_path)], facts=(probe,))
+        ops.snapshot()
+
+    plan(body, "h", Snapshot.of())
+    command = json.loads(dump.read_text())["h"]
+    snap = run_state(command)
+    assert snap.path(str(tmp_path)).kind == "dir" and snap.value(probe) == Section(0, ("hi",))
