@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from typing_extensions import override
 
-from facts.sections import Section, SectionFact
+from facts.sections import ExitStatusFact, Section, SectionFact
 
 # Between the fields of one path's line: a character no path we manage contains.
 FIELD = "\x1f"
@@ -61,41 +61,29 @@ class Paths(SectionFact[dict[str, PathState]]):
         return paths
 
 
-class FileHasLine(SectionFact[bool]):
+class FileHasLine(ExitStatusFact):
     """Whether the file has exactly this line (False when it does not exist or cannot be read)."""
 
     @override
     def command(self, path: str, line: str) -> str:
         return f"grep -qxF {shlex.quote(line)} {shlex.quote(path)}"
 
-    @override
-    def process_section(self, section: Section) -> bool:
-        return section.ok
 
-
-class FirstLineHas(SectionFact[bool]):
+class FirstLineHas(ExitStatusFact):
     """Whether the file's first line contains this text (our marker in a config file we write)."""
 
     @override
     def command(self, path: str, text: str) -> str:
         return f"head -n 1 {shlex.quote(path)} 2>/dev/null | grep -qF {shlex.quote(text)}"
 
-    @override
-    def process_section(self, section: Section) -> bool:
-        return section.ok
 
-
-class JsonKeyEquals(SectionFact[bool]):
+class JsonKeyEquals(ExitStatusFact):
     """Whether a JSON file's top-level ``key`` is this string (False when absent or not JSON)."""
 
     @override
     def command(self, path: str, key: str, value: str) -> str:
         check = "import json,sys; sys.exit(0 if json.load(open(sys.argv[1])).get(sys.argv[2]) == sys.argv[3] else 1)"
         return f"python3 -c {shlex.quote(check)} {shlex.quote(path)} {shlex.quote(key)} {shlex.quote(value)}"
-
-    @override
-    def process_section(self, section: Section) -> bool:
-        return section.ok
 
 
 class DirectoryEntries(SectionFact[tuple[str, ...]]):

@@ -7,19 +7,15 @@ from dataclasses import dataclass
 
 from typing_extensions import override
 
-from facts.sections import Section, SectionFact
+from facts.sections import ExitStatusFact, Section, SectionFact
 
 
-class NftTableLoaded(SectionFact[bool]):
+class NftTableLoaded(ExitStatusFact):
     """Whether the kernel has this nftables table (False too when nft is missing)."""
 
     @override
     def command(self, family: str, table: str) -> str:
         return f"nft list table {shlex.quote(family)} {shlex.quote(table)} >/dev/null"
-
-    @override
-    def process_section(self, section: Section) -> bool:
-        return section.ok
 
 
 @dataclass(frozen=True)

@@ -91,3 +91,10 @@ class SectionFact(FactBase[T]):
 
     def process(self, output: list[str]) -> T:
         return self.process_section(Section(0, tuple(output)))
+
+
+class ExitStatusFact(SectionFact[bool]):
+    """A yes/no question its command answers by its exit status (no section: no)."""
+
+    def process_section(self, section: Section) -> bool:
+        return section.ok
