@@ -45,10 +45,9 @@ class Change:
 
     def __str__(self) -> str:
         shown = 12 if self.what != "version" else None  # a hash's prefix identifies it to a reader
-        old, new = self.old[:shown], self.new[:shown]
-        if old == new and self.old == self.new:
-            return f"{self.host}: {self.what} {new} (unchanged)"
-        return f"{self.host}: {self.what} {old} -> {new}"
+        if self.old == self.new:
+            return f"{self.host}: {self.what} {self.new[:shown]} (unchanged)"
+        return f"{self.host}: {self.what} {self.old[:shown]} -> {self.new[:shown]}"
 
 
 def pin_command(version: str, inventory: Path | str) -> str:
@@ -172,7 +171,7 @@ def _splice(text: str, edits: dict[tuple[int, int], tuple[str, str]], where: Pat
     Editing the characters of the scalar, rather than dumping the document again, is what keeps every
     other byte of the user's file: a dump would re-indent, re-wrap and re-space what it did not change.
     """
-    lines = text.splitlines(keepends=True)
+    lines = text.split("\n")  # YAML's line breaks (str.splitlines would also split on \f, \v, ...)
     for (line, column), (old, new) in sorted(edits.items(), reverse=True):  # right to left within a line
         source = lines[line]
         quote = source[column:column + 1]
@@ -184,9 +183,9 @@ def _splice(text: str, edits: dict[tuple[int, int], tuple[str, str]], where: Pat
                 new = f'"{new}"'  # plain, it would read as a number: quote it
         else:
             raise PinError(f"{where}:{line + 1}:{column + 1}: cannot edit {old!r} in place (write it as a plain "
-                           "or quoted scalar on one line) ")
+                           "or quoted scalar on one line)")
         lines[line] = source[:start] + new + source[end:]
-    return "".join(lines)
+    return "\n".join(lines)
 
 
 def _write(path: Path, text: str) -> None:

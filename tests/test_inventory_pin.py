@@ -383,7 +383,9 @@ def test_apply_refuses_placeholders_before_connecting(tmp_path, ssh_listeners):
     refused = apply(inventory)
 
     assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert (f"{inventory}:{line_of(text, f'{ROCM}:')}:44: error at hosts.p620.server.ollama.artifacts.{ROCM}: "
+    rocm_line = line_of(text, f"{ROCM}:")
+    rocm_column = text.splitlines()[rocm_line - 1].index('"') + 1
+    assert (f"{inventory}:{rocm_line}:{rocm_column}: error at hosts.p620.server.ollama.artifacts.{ROCM}: "
             "the sha256 is a placeholder") in refused.stderr
     assert f"pin a release with: python -m inventory pin ollama 0.13.5 --inventory {inventory}" in refused.stderr
     assert accepted == []
