@@ -1,4 +1,4 @@
-"""`python -m inventory check FILE | schema | diagram FILE`."""
+"""`python -m inventory check FILE | schema | diagram FILE | pin ollama VERSION --inventory FILE`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ from inventory.derive import (
 )
 from inventory.load import InventoryError, load_inventory
 from inventory.model import Host, Inventory
+from inventory.pin import add_parser as add_pin_parser
+from inventory.pin import placeholder_diagnostics
+from inventory.pin import run as run_pin
 
 
 def summary(inv: Inventory) -> str:
@@ -104,13 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("schema", help="print the JSON Schema (for editors)")
     draw = commands.add_parser("diagram", help="print the topology as text")
     draw.add_argument("file", type=Path)
+    add_pin_parser(commands)
     args = parser.parse_args(argv)
+
+    if args.command == "pin":
+        return run_pin(args)
 
     if args.command == "schema":
         print(json.dumps(Inventory.model_json_schema(), indent=2))
         return 0
     try:
         inv = load_inventory(args.file)
+        if args.command == "check" and (placeholders := placeholder_diagnostics(inv, args.file)):
+            raise InventoryError(placeholders)  # valid, but the apply refuses it: say so here already
     except InventoryError as exc:
         print(exc, file=sys.stderr)
         return 1

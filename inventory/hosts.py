@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import sys
 
+import pyinfra
+
 from inventory.load import InventoryError, inventory_path_from_env, load_inventory
 from inventory.model import Host, Inventory
+from inventory.pin import refuse_placeholders
 
 
 def pyinfra_host_data(inv: Inventory, host: Host) -> dict:
@@ -40,6 +43,8 @@ def pyinfra_groups(inv: Inventory) -> dict[str, list[tuple[str, dict]]]:
 
 try:
     _inventory = load_inventory(inventory_path_from_env(), cache=True)
+    if pyinfra.is_cli:  # pyinfra loads this file before it connects; importers (checks) only read the model
+        refuse_placeholders(_inventory, inventory_path_from_env())
 except InventoryError as _error:
     # pyinfra would print a traceback; the diagnostics say everything needed.
     print(_error, file=sys.stderr)

@@ -103,7 +103,8 @@ def test_minimal_loads(tmp_path):
     assert [h.name for h in inv.clients] == ["p620", "razer"]
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+# homelab.yaml ships placeholder hashes, which `check` reports (tests/test_inventory_pin.py).
+@pytest.mark.parametrize("path", EXAMPLES[1:], ids=lambda p: p.name)
 def test_examples_load_and_check_exits_zero(path):
     load_inventory(path)
     done = subprocess.run([sys.executable, "-m", "inventory", "check", str(path)], cwd=REPO, check=False,
