@@ -10,8 +10,8 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from checks.nft_eval import admitted_interfaces
 from deploys.state import PathState, UnitState
-from facts.firewall import admitted_interfaces
 from facts.gpu import GpuInventory
 from facts.network import NetworkInterface
 from facts.ollama import OllamaState

@@ -1,4 +1,4 @@
-"""facts/firewall.py against what the kernel really does.
+"""checks/nft_eval.py (and the fact it reads, facts/firewall.py) against what the kernel really does.
 
 Every scenario in tests/fixtures/nft/ has its source (.nft, or .iptables for
 iptables-nft), the JSON ruleset nft printed for it, and the kernel's answer to real TCP
@@ -18,8 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from facts.firewall import (
-    NftRuleset,
+from checks.nft_eval import (
     Packet,
     Ruleset,
     TableRef,
@@ -28,6 +27,7 @@ from facts.firewall import (
     tables,
     xt_match,
 )
+from facts.firewall import NftRuleset
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nft"
 SCENARIOS = sorted(path.name.removesuffix(".kernel.json") for path in FIXTURES.glob("*.kernel.json"))
