@@ -1,7 +1,7 @@
 """`python -m bench.router_local`: LiteLLM router overhead on this machine, no lab. Prints figures; asserts nothing.
 
 Starts the Ollama stand-in (its own process, on loopback) and the REAL LiteLLM proxy
-from `.cache/litellm-venv` (lab.wheelhouse builds it) the way the deploy runs it: the
+from `.cache/litellm-venv` (deploys/wheelhouse.py builds it) the way the deploy runs it: the
 config is `build_litellm_config(...)` of the lab inventory dumped to YAML, the auth hook
 and the launcher are templates/router/'s files, the master key arrives as a credential
 file, a client key is checked against a hashes file. Then it sends the lab bench's
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     variants = [Variant.parse(spec) for spec in args.variant] or [Variant("deploy")]
 
-    from lab import wheelhouse
+    from deploys import wheelhouse
     venv = wheelhouse.build_venv(wheelhouse.DEFAULT_VENV, wheelhouse.build(log=lambda *_: None).parent,
                                  log=lambda *_: None)
     root = Path(tempfile.mkdtemp(prefix="router-bench-"))

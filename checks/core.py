@@ -10,8 +10,9 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from checks.nft_eval import admitted_interfaces
 from facts.files import PathState
-from facts.firewall import RulesetUnreadable, admitted_interfaces
+from facts.firewall import RulesetUnreadable
 from facts.gpu import GpuInventory
 from facts.host_state import Undeclared
 from facts.network import NetworkInterface

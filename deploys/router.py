@@ -46,6 +46,7 @@ from deploys import keys, ops
 from deploys import router_config as rc
 from deploys.render import render
 from deploys.secrets import ensure_secret
+from deploys.wheelhouse import LOCK_FILE as WHEELHOUSE_LOCK
 from facts.host_state import FactRequest
 from facts.system import OnlineCpus
 from inventory.model import Host, Inventory, Router
@@ -81,10 +82,6 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "router"
 def requirements(router: Router) -> list[str]:
     """The pins the venv is built from."""
     return [f"litellm[proxy]=={router.litellm_version}", f"prisma=={router.prisma_version}"]
-
-
-# The wheelhouse's lock (lab/wheelhouse.py writes it): `name==version --hash=sha256:...` per wheel.
-WHEELHOUSE_LOCK = "requirements.lock"
 
 
 def wheelhouse_files(wheelhouse: Path) -> list[str]:
@@ -546,15 +543,15 @@ def plan(inv: Inventory, host: Host) -> Plan:
         wheelhouse = inv.resolve_path(router.wheelhouse_dir)
         if not wheelhouse.is_dir():
             raise ValueError(f"{host.name}: the wheelhouse {wheelhouse} does not exist on this workstation "
-                             "(fill it with: python -m lab.wheelhouse)")
+                             "(fill it with: python -m deploys wheelhouse)")
         wheels = wheelhouse_files(wheelhouse)
         if WHEELHOUSE_LOCK not in wheels:
             raise ValueError(f"{host.name}: the wheelhouse {wheelhouse} has no {WHEELHOUSE_LOCK} "
-                             "(fill it with: python -m lab.wheelhouse --version <router.litellm_version>)")
+                             "(fill it with: python -m deploys wheelhouse --version <router.litellm_version>)")
         lock = (wheelhouse / WHEELHOUSE_LOCK).read_text()
         if not any(w.startswith(f"litellm-{router.litellm_version}-") for w in wheels):
             raise ValueError(f"{host.name}: the wheelhouse {wheelhouse} has no litellm {router.litellm_version} "
-                             "wheel (router.litellm_version); refill it with: python -m lab.wheelhouse")
+                             "wheel (router.litellm_version); refill it with: python -m deploys wheelhouse")
     fingerprint = requirements_fingerprint(pins, lock if wheelhouse else None)
     return Plan(tuple(pins), str(wheelhouse) if wheelhouse else None, tuple(wheels or ()),
                 venv_dir(router, fingerprint))

@@ -1,16 +1,17 @@
 """The whole stack: `pyinfra inventory/hosts.py deploys/site.py`.
 
 Reads the typed inventory from host data (set by inventory/hosts.py) and runs
-each component on the hosts whose roles call for it. Every component declares
-what it manages first, so one remote command reads the state all of this
-host's operations compare against.
+each component (deploys/components.py) on the hosts whose roles call for it.
+Every component declares what it manages first, so one remote command reads the
+state all of this host's operations compare against.
 """
 
 from __future__ import annotations
 
 from pyinfra import host
 
-from deploys import client, exposure, gc_freeze, keys, ollama, op_order, ops, router
+from deploys import gc_freeze, keys, op_order, ops
+from deploys.components import components_for
 from deploys.nodelay import set_nodelay
 from inventory.model import Host, Inventory
 
@@ -21,24 +22,17 @@ set_nodelay(host)
 op_order.install()  # same order, without inspect.stack() per operation
 gc_freeze.install()  # the collector stops rescanning what lives until exit anyway
 
-if this_host.is_server:
-    ollama.declare(inventory, this_host)
-    router.declare(inventory, this_host)
-    exposure.declare(inventory, this_host)
-if this_host.is_client:
-    client.declare(inventory, this_host)
+components = components_for(this_host)
+for component in components:
+    component.declare(inventory, this_host)
 
 # Read the state now, while pyinfra loads this file for all hosts at once: the hosts' state commands
 # overlap. With -y pyinfra evaluates operations only as it executes them, so a host whose first
 # operation comes late would otherwise read its state after the others, one round trip later.
 ops.snapshot()
 
-if this_host.is_server:
-    ollama.ollama(inventory, this_host)
-    router.router(inventory, this_host)
-    exposure.exposure(inventory, this_host)
-if this_host.is_client:
-    client.client(inventory, this_host)
+for component in components:
+    component.deploy(inventory, this_host)
 
 # Last: a key rotation drops the old keys only once every host has the new ones.
 keys.finish_rotation(inventory, this_host)

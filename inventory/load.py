@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from inventory.model import Inventory
-from inventory.rules import CrossFieldError
+from inventory.rules import problems
 
 if TYPE_CHECKING:
     from ruamel.yaml.comments import CommentedMap
@@ -73,6 +73,11 @@ def load_inventory(path: Path | str, cache: bool = False) -> Inventory:
             inventory = Inventory.model_validate(_plain(document))
         except ValidationError as exc:
             raise InventoryError(_diagnostics(path, document, exc)) from None
+        # The cross-field rules judge the validated inventory, each problem at its key in the YAML.
+        found = problems(inventory)
+        if found:
+            raise InventoryError([_at(path, document, problem.loc, problem.message, point_at_key=False)
+                                  for problem in found])
         if cache_file:
             _store(cache_file, key, inventory)
     inventory._source = path.resolve()
@@ -186,11 +191,6 @@ def _diagnostics(path: Path, document: CommentedMap, exc: ValidationError) -> li
     found = []
     for error in exc.errors():
         loc = tuple(error["loc"])
-        cross = (error.get("ctx") or {}).get("error")
-        if isinstance(cross, CrossFieldError):
-            for problem in cross.problems:
-                found.append(_at(path, document, (*loc, *problem.loc), problem.message, point_at_key=False))
-            continue
         if _is_injected_host_name(document, loc):
             continue  # the key itself was reported; the copy we injected adds nothing
         found.append(_at(path, document, loc, _message(loc, error), error["type"] == "extra_forbidden"))

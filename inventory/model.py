@@ -1,9 +1,11 @@
 """The typed inventory: the one contract users edit.
 
 Every option is typed, defaulted securely and described (the descriptions end up
-in the JSON Schema editors show). Cross-field rules turn known failure modes
-into load-time errors instead of a broken deploy. Derived values (router URLs,
-VRAM budgets, Ollama's environment) are pure functions in `inventory.derive`.
+in the JSON Schema editors show). This module imports nothing of ours: derived
+values (router URLs, VRAM budgets, Ollama's environment) are pure functions in
+`inventory.derive`, and the cross-field rules in `inventory.rules` turn known
+failure modes into load-time errors; the loader (`inventory.load`) runs them after
+validation.
 """
 
 from __future__ import annotations
@@ -499,12 +501,3 @@ class Inventory(Strict):
     @property
     def clients(self) -> list[Host]:
         return [h for h in self.hosts.values() if h.is_client]
-
-    @model_validator(mode="after")
-    def _cross_field(self) -> Inventory:
-        from inventory.rules import CrossFieldError, problems  # rules need the finished models
-
-        found = problems(self)
-        if found:
-            raise CrossFieldError(found)
-        return self

@@ -34,7 +34,7 @@ def prepare_artifacts(inventory_path: Path = INVENTORY_PATH) -> None:
                         f"{inventory_path}: the stand-in's {name} has sha256 {sums.get(name)} but the inventory pins "
                         f"{pinned}; after changing lab/standins/ollama, update the pin in {inventory_path}")
         if server.router.install_source == "wheelhouse" and server.router.wheelhouse_dir is not None:
-            from lab.wheelhouse import build
+            from deploys.wheelhouse import build
 
             build(server.router.litellm_version, server.router.prisma_version,
                   inv.resolve_path(server.router.wheelhouse_dir))

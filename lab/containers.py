@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.config import CACHE_DIR, LabConfig
-from lab.overlay import apply_overlays, ensure_upper_dir, write_upper_file
+from lab.overlay import apply_overlays
 from lab.topology import Node, Topology, hosts_file
+from lab.upper_layer import ensure_upper_dir, write_upper_file
 
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CGROUP_ROOT = Path("/sys/fs/cgroup")

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lab.config import LabHost, server_firewall
-from lab.overlay import ensure_upper_dir, write_upper_file
+from lab.upper_layer import ensure_upper_dir, write_upper_file
 
 FIREWALLD_UNIT = "/lib/systemd/system/firewalld.service"
 # What `systemctl enable firewalld` creates: the wants link and its D-Bus alias.

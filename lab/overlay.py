@@ -1,30 +1,33 @@
-"""Hook points for other parts of the lab to put files on hosts.
+"""What lab hosts get before they boot: overlay trees and before-boot hooks (see lab/README.md).
 
-- Before boot: a tree under `lab/overlay/<selector>/` is copied into a host's upper layer at `up`, where
-  selector is `all`, a role (`gpu_server`, `client`) or a host name, applied in that order. Modes and
-  symlinks are kept (drop a `multi-user.target.wants/x.service` symlink to enable a unit); owner is root.
-- Before boot, from Python: a hook `function(host: LabHost, upper: Path, base: Path)` named in
-  BEFORE_BOOT_HOOKS ("module:function") or passed to `register_before_boot` is called for every host with
-  its (not yet mounted) upper layer; `write_upper_file` writes there with the right parent modes.
+- Trees: `lab/overlay/<selector>/` is copied into a host's upper layer at `up`, where selector is `all`, a
+  role (`gpu_server`, `client`) or a host name, applied in that order. Modes and symlinks are kept (drop a
+  `multi-user.target.wants/x.service` symlink to enable a unit); owner is root.
+- Hooks: every function in BEFORE_BOOT_HOOKS (and any passed to `register_before_boot`) is called as
+  `hook(host: LabHost, upper: Path, base: Path)` for every host with its (not yet mounted) upper layer;
+  lab/upper_layer.py writes there with the right parent modes.
 - After boot: `lab.install_file(host, path, content, mode)` writes into a running host.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from lab.config import LabHost
+from lab.firewall_hooks import enable_server_firewall
+from lab.standin_hooks import install_tailscale
+from lab.upper_layer import ensure_upper_dir
 
 OVERLAY_DIR = Path(__file__).resolve().parent / "overlay"
 IGNORED_NAMES = {".keep", ".gitkeep", "README.md"}
 
 BeforeBootHook = Callable[[LabHost, Path, Path], object]
-# "module:function" hooks run for every host before it boots, e.g. installing a stand-in.
-BEFORE_BOOT_HOOKS: list[str] = ["lab.standin_hooks:install_tailscale", "lab.firewall_hooks:enable_server_firewall"]
+# Run for every host before it boots, in this order: the tailscale stand-in (and the lab CA) on every
+# host, then the gpu_server's firewalld or ufw when LAB_SERVER_FIREWALL asks for one.
+BEFORE_BOOT_HOOKS: tuple[BeforeBootHook, ...] = (install_tailscale, enable_server_firewall)
 _registered_hooks: list[BeforeBootHook] = []
 
 
@@ -34,48 +37,11 @@ def register_before_boot(hook: BeforeBootHook) -> None:
 
 
 def before_boot_hooks() -> list[BeforeBootHook]:
-    hooks = list(_registered_hooks)
-    for name in BEFORE_BOOT_HOOKS:
-        module_name, function_name = name.split(":")
-        hooks.append(getattr(importlib.import_module(module_name), function_name))
-    return hooks
+    return [*_registered_hooks, *BEFORE_BOOT_HOOKS]
 
 
 def overlay_selectors(host: LabHost) -> list[str]:
     return ["all", *sorted(host.roles), host.name]
-
-
-def ensure_upper_dir(upper: Path, lower: Path, relative: Path) -> Path:
-    """Create `relative` inside the upper layer; each new directory copies the mode and owner of its
-    twin in the lower layer, so the merged view keeps e.g. /root at 0700 and /etc at 0755."""
-    current_upper, current_lower = upper, lower
-    for part in relative.parts:
-        current_upper, current_lower = current_upper / part, current_lower / part
-        if current_upper.is_dir():
-            continue
-        current_upper.mkdir()
-        if current_lower.is_dir() and not current_lower.is_symlink():
-            stat = current_lower.stat()
-            os.chown(current_upper, stat.st_uid, stat.st_gid)
-            current_upper.chmod(stat.st_mode & 0o7777)
-        else:
-            current_upper.chmod(0o755)
-    return current_upper
-
-
-def write_upper_file(
-    upper: Path, lower: Path, path: str, content: bytes | str, mode: int = 0o644, uid: int = 0, gid: int = 0
-) -> Path:
-    """Write `path` (absolute inside the host) into an upper layer that is not mounted yet."""
-    relative = Path(path.lstrip("/"))
-    ensure_upper_dir(upper, lower, relative.parent)
-    target = upper / relative
-    if target.is_symlink() or target.exists():
-        target.unlink()
-    target.write_bytes(content.encode() if isinstance(content, str) else content)
-    os.chown(target, uid, gid)
-    target.chmod(mode)
-    return target
 
 
 def copy_overlay_tree(source: Path, upper: Path, lower: Path) -> list[str]:

@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 from lab.config import CACHE_DIR, LabHost
-from lab.overlay import ensure_upper_dir, write_upper_file
 from lab.standins.tailscale.ca import ensure_ca, ensure_node_cert
 from lab.standins.tailscale.install import install_into
+from lab.upper_layer import ensure_upper_dir, write_upper_file
 
 CA_DIR = CACHE_DIR / "tailnet-ca"
 CA_IN_HOST = "/usr/local/share/ca-certificates/lab-tailnet-ca.crt"

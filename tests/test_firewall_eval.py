@@ -1,4 +1,4 @@
-"""facts/firewall.py against what the kernel really does.
+"""checks/nft_eval.py (and the fact it reads, facts/firewall.py) against what the kernel really does.
 
 Every scenario in tests/fixtures/nft/ has its source (.nft, or .iptables for
 iptables-nft), the JSON ruleset nft printed for it, and the kernel's answer to real TCP
@@ -9,17 +9,14 @@ those captures; the netns tests (root only) redo the whole thing live.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from facts.firewall import (
-    NftRuleset,
+from checks.nft_eval import (
     Packet,
     Ruleset,
     TableRef,
@@ -28,22 +25,13 @@ from facts.firewall import (
     tables,
     xt_match,
 )
+from facts.firewall import NftRuleset
+from tests.fixtures.nft import netns_lab
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nft"
 SCENARIOS = sorted(path.name.removesuffix(".kernel.json") for path in FIXTURES.glob("*.kernel.json"))
 INTERFACES = ("lo", "enp1s0", "tailscale0", "wan0")
 
-
-def _load_lab_module():
-    spec = importlib.util.spec_from_file_location("nft_netns_lab", FIXTURES / "netns_lab.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-netns_lab = _load_lab_module()
 
 
 def ruleset(name: str) -> dict:

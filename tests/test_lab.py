@@ -17,8 +17,9 @@ from lab import core, network
 from lab.config import CACHE_DIR, FALLBACK_HOSTS, LabConfig, LabHost, address_in, validate_prefix
 from lab.containers import Container, passwd_entries
 from lab.image import PACKAGES, mirror_from_deb822, mirror_from_sources_list, recipe, recipe_hash
-from lab.overlay import apply_overlays, ensure_upper_dir
+from lab.overlay import apply_overlays
 from lab.topology import LAN, PUBLIC, TAILNET, build_topology, hosts_file, ssh_address
+from lab.upper_layer import ensure_upper_dir
 
 HOME_NETWORKS = [ipaddress.ip_network(n) for n in ("192.168.0.0/24", "192.168.1.0/24", "10.0.0.0/16")]
 

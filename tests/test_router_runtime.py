@@ -7,7 +7,7 @@ credential file, client keys are checked against a hashes file in the format
 deploys/keys.py writes. LiteLLM starts once for the module (10-40 s here).
 
 The venv is `.cache/litellm-venv`, built offline from `.cache/wheelhouse` by
-lab.wheelhouse (downloaded from PyPI on first use, then reused).
+`python -m deploys wheelhouse` (downloaded from PyPI on first use, then reused).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from deploys import wheelhouse
 from deploys.keys import hashes_document, render_hashes
 from inventory.load import load_inventory
-from lab import wheelhouse
 from lab.local_router import RouterNotLive, start_local_router
 from lab.standins.ollama.server import make_server
 
