@@ -47,10 +47,10 @@ from ruamel.yaml import YAML
 
 # The lab bench's load generator, unchanged (a process of its own, a new connection per request).
 from bench.__main__ import DIRECT_BODY, LOAD_SCRIPT, ROUTED_BODY, percentile
+from bench.local_router import LocalRouter, RouterNotLive, free_port, start_local_router, wait_live
 from deploys.keys import hashes_document, render_hashes
 from deploys.router_config import build_litellm_config
 from inventory.load import load_inventory
-from lab.local_router import LocalRouter, RouterNotLive, free_port, start_local_router, wait_live
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "qwen3.6:27b"
