@@ -2,8 +2,8 @@
 
 Starts the Ollama stand-in (its own process, on loopback) and the REAL LiteLLM proxy
 from `.cache/litellm-venv` (lab.wheelhouse builds it) the way the deploy runs it: the
-config is `build_litellm_config(...)` of the lab inventory dumped to YAML, the auth hook
-and the launcher are templates/router/'s files, the master key arrives as a credential
+config is `build_litellm_config(...)` of the lab inventory dumped to YAML, the auth hook,
+the launcher and the speed-ups are hostfiles/'s files, the master key arrives as a credential
 file, a client key is checked against a hashes file. Then it sends the lab bench's
 request (`python -m bench`: POST /v1/messages, Anthropic format, non-streaming, a new
 connection per request) sequentially and 8 at a time, direct to the stand-in and

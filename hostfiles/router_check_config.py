@@ -1,6 +1,7 @@
 """check-config.py CONFIG: is this LiteLLM proxy config fit to replace the running one?
 
 Managed by llm-router-deploy (hostfiles/router_check_config.py). Exit 0, or 1 with one line per problem.
+The activation script runs it with the NEW venv's python (PyYAML comes with litellm).
 """
 import os
 import sys

@@ -16,21 +16,19 @@ Measured with bench/router_local.py (py-spy on the worker). Stdlib only besides 
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 SPEEDUPS_ENV = "LLM_ROUTER_SPEEDUPS"
-# The journal line keeps the logger name it had when the auth hook installed the speed-ups.
-_log = logging.getLogger("llm_router_auth")
-if not _log.handlers:
-    _handler = logging.StreamHandler(sys.stderr)
-    _handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-    _log.addHandler(_handler)
-    _log.setLevel(logging.INFO)
-    _log.propagate = False
+
+
+def _say(message: str) -> None:
+    """One line on stderr (the journal), whatever LiteLLM's logging setup, with the prefix it had
+    when the auth hook installed the speed-ups."""
+    print(f"llm_router_auth: {message}", file=sys.stderr, flush=True)
+
 
 # LiteLLM's auth imports this module on every request to route OpenTelemetry spans; without
 # the opentelemetry SDK (not in the router's venv) the import fails, and Python searches
@@ -124,7 +122,7 @@ def _hot_included_routers_first() -> bool:
             hoisted = [route for index, route in enumerate(ordered)
                        if hasattr(route, "original_router") and _hoistable(route, ordered[:index], hot_paths)]
         except Exception as err:  # noqa: BLE001 (a speed-up must never break routing)
-            _log.warning("route hoisting skipped: %s", err)
+            _say(f"route hoisting skipped: {err}")
             return ordered
         if not hoisted:
             return ordered
@@ -148,7 +146,7 @@ def apply_speedups() -> dict[str, bool]:
 def install() -> None:
     """Install the speed-ups unless LLM_ROUTER_SPEEDUPS=0, and log which ones took."""
     if os.environ.get(SPEEDUPS_ENV, "1") != "0":
-        _log.info("speed-ups: %s", " ".join(f"{name}={'on' if on else 'off'}" for name, on in apply_speedups().items()))
+        _say("speed-ups: " + " ".join(f"{name}={'on' if on else 'off'}" for name, on in apply_speedups().items()))
 
 
 def run_litellm(argv: list[str]) -> int:

@@ -9,9 +9,7 @@ those captures; the netns tests (root only) redo the whole thing live.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,22 +26,11 @@ from facts.firewall import (
     tables,
     xt_match,
 )
+from tests.fixtures.nft import netns_lab
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nft"
 SCENARIOS = sorted(path.name.removesuffix(".kernel.json") for path in FIXTURES.glob("*.kernel.json"))
 INTERFACES = ("lo", "enp1s0", "tailscale0", "wan0")
-
-
-def _load_lab_module():
-    spec = importlib.util.spec_from_file_location("nft_netns_lab", FIXTURES / "netns_lab.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-netns_lab = _load_lab_module()
 
 
 def ruleset(name: str) -> dict:
