@@ -2,8 +2,8 @@
 
 Starts the Ollama stand-in (its own process, on loopback) and the REAL LiteLLM proxy
 from `.cache/litellm-venv` (deploys/wheelhouse.py builds it) the way the deploy runs it: the
-config is `build_litellm_config(...)` of the lab inventory dumped to YAML, the auth hook
-and the launcher are templates/router/'s files, the master key arrives as a credential
+config is `build_litellm_config(...)` of the lab inventory dumped to YAML, the auth hook,
+the launcher and the speed-ups are hostfiles/'s files, the master key arrives as a credential
 file, a client key is checked against a hashes file. Then it sends the lab bench's
 request (`python -m bench`: POST /v1/messages, Anthropic format, non-streaming, a new
 connection per request) sequentially and 8 at a time, direct to the stand-in and
@@ -47,10 +47,10 @@ from ruamel.yaml import YAML
 
 # The lab bench's load generator, unchanged (a process of its own, a new connection per request).
 from bench.__main__ import DIRECT_BODY, LOAD_SCRIPT, ROUTED_BODY, percentile
+from bench.local_router import LocalRouter, RouterNotLive, free_port, start_local_router, wait_live
 from deploys.keys import hashes_document, render_hashes
 from deploys.router_config import build_litellm_config
 from inventory.load import load_inventory
-from lab.local_router import LocalRouter, RouterNotLive, free_port, start_local_router, wait_live
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "qwen3.6:27b"

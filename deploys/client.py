@@ -1,8 +1,9 @@
 """Client: `claude-router`, its apiKeyHelper, slash commands and the user's router key.
 
-The program and its contract live in templates/client/claude_router.py; this
-deploy installs it, writes the non-secret /etc/claude-router/config.json and,
-per user, the key (0600), the slash commands and the apiKeyHelper registration.
+The program, its contract and the paths it shares with this deploy live in
+hostfiles/claude_router.py; this deploy installs it, writes the non-secret
+/etc/claude-router/config.json and, per user, the key (0600), the slash commands
+(hostfiles/claude_commands/) and the apiKeyHelper registration.
 """
 
 from __future__ import annotations
@@ -15,25 +16,25 @@ from pathlib import Path
 from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand, deploy, operation
 
+import hostfiles
 from deploys import keys, ops
 from deploys.exposure import CADDY_ROOT_CA, caddy_root_ca_copy
-from deploys.render import TEMPLATES
 from deploys.secrets import read_secret
 from facts.files import JsonKeyEquals
 from facts.host_state import FactRequest
+from hostfiles import claude_router
 from inventory.derive import exact_aliases, router_route
 from inventory.model import ClientUser, Host, Inventory
 
-PROGRAM = "/usr/local/bin/claude-router"
-KEY_HELPER = "/usr/local/bin/claude-router-key"
-CONFIG_DIR = "/etc/claude-router"
-CONFIG_FILE = f"{CONFIG_DIR}/config.json"
-KEY_FILE = "~/.config/claude-router/key"
+PROGRAM = claude_router.PROGRAM_FILE
+KEY_HELPER = claude_router.DEFAULT_HELPER_COMMAND
+CONFIG_FILE = claude_router.DEFAULT_CONFIG_PATH
+CONFIG_DIR = str(Path(CONFIG_FILE).parent)
+KEY_FILE = claude_router.DEFAULT_KEY_FILE
 ANTHROPIC_KEY_FILE = "~/.config/claude-router/anthropic-key"
 COMMANDS = ("use-ollama.md", "use-claude.md", "use-default.md")
 # Debian's update-ca-certificates picks up *.crt here; the name says which server's Caddy it is.
 CA_DIR = "/usr/local/share/ca-certificates"
-CLIENT_TEMPLATES = TEMPLATES / "client"
 
 
 def caddy_ca_path(server_name: str) -> str:
@@ -67,13 +68,14 @@ def client_config(inv: Inventory, host_model: Host) -> dict:
 
 def user_paths(user: ClientUser) -> dict[str, str]:
     home = user.home_dir
+    key = home / KEY_FILE.removeprefix("~/")  # what claude-router reads as "~/..." for this user
     return {
         "claude_dir": str(home / ".claude"),
         "commands_dir": str(home / ".claude" / "commands"),
         "config_dir": str(home / ".config"),
-        "key_dir": str(home / ".config" / "claude-router"),
-        "key": str(home / ".config" / "claude-router" / "key"),
-        "anthropic_key": str(home / ".config" / "claude-router" / "anthropic-key"),
+        "key_dir": str(key.parent),
+        "key": str(key),
+        "anthropic_key": str(home / ANTHROPIC_KEY_FILE.removeprefix("~/")),
         "settings": str(home / ".claude" / "settings.json"),
     }
 
@@ -147,7 +149,7 @@ def caddy_ca_untrusted(server_name: str):
 def client(inv: Inventory, host_model: Host) -> None:
     assert host_model.client is not None
     declare(inv, host_model)
-    ops.file(PROGRAM, (CLIENT_TEMPLATES / "claude_router.py").read_text(), mode="755", name="claude-router")
+    ops.file(PROGRAM, hostfiles.content("claude_router.py"), mode="755", name="claude-router")
     ops.link(KEY_HELPER, PROGRAM, name="claude-router-key (apiKeyHelper)")
     ops.directory(CONFIG_DIR, mode="755", name=CONFIG_DIR)
     ops.file(CONFIG_FILE, json.dumps(client_config(inv, host_model), indent=2) + "\n", mode="644",
@@ -167,7 +169,7 @@ def client(inv: Inventory, host_model: Host) -> None:
                                 (p["key_dir"], "700")):
             ops.directory(directory, mode=mode, user=user.name, group=group, name=f"{user.name}: {directory}")
         for name in COMMANDS:
-            ops.file(f"{p['commands_dir']}/{name}", (CLIENT_TEMPLATES / "commands" / name).read_text(),
+            ops.file(f"{p['commands_dir']}/{name}", hostfiles.content(f"claude_commands/{name}"),
                      user=user.name, group=group, name=f"{user.name}: /{Path(name).stem}")
         ops.file(p["key"], key + "\n", mode="600", user=user.name, group=group, secret=True,
                  name=f"{user.name}: router key")

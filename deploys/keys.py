@@ -3,7 +3,7 @@
 Each client host has its own key in the workstation's secrets directory
 (`derive.client_key_name(host)`, e.g. `router-key-razer`). The router's server
 holds only sha256 hashes of them, in a JSON file its auth hook re-reads when it
-changes (see templates/router/llm_router_auth.py), so key changes need no restart.
+changes (see hostfiles/router_auth.py), so key changes need no restart.
 
 Rotation (`--data rotate_keys=razer`, a comma list, or `all`) is a small state
 machine over two workstation files per client:
@@ -37,16 +37,17 @@ from pyinfra.operations import python
 
 from deploys import ops
 from deploys.secrets import ensure_secret, new_key, read_secret, remove_secret, write_secret
+from hostfiles import router_names
 from inventory.derive import client_key_name
 from inventory.model import Host, Inventory
 
 ROTATE_KEYS_DATA = "rotate_keys"  # pyinfra --data rotate_keys=razer,p620 | all
 PREVIOUS_SUFFIX = ".previous"
 
-ROUTER_ETC = "/etc/llm-router"
-KEY_HASHES_FILE = f"{ROUTER_ETC}/client-keys.json"
+ROUTER_ETC = router_names.ETC_DIR
+KEY_HASHES_FILE = router_names.KEY_HASHES_FILE
 # The router's service group may read the hashes (never the keys themselves); root writes them.
-ROUTER_GROUP = "llm-router"
+ROUTER_GROUP = router_names.SERVICE_USER
 KEY_HASHES_MODE = "640"
 
 

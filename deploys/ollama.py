@@ -10,7 +10,7 @@ Layout on the host:
     /usr/local/bin/ollama -> /opt/ollama/current/bin/ollama
     /etc/systemd/system/ollama.service        rendered from templates/ollama/ollama.service.j2
     /etc/ollama/models.list                   what the model loader pulls
-    /usr/local/lib/llm-router/ollama-model-loader
+    /usr/local/lib/llm-router/ollama-model-loader   hostfiles/ollama_model_loader.sh
     /etc/systemd/system/ollama-model-loader.service
 """
 
@@ -27,14 +27,13 @@ from pyinfra.api import FileUploadCommand, deploy, operation
 from pyinfra.api.exceptions import OperationError
 from pyinfra.facts.server import LinuxDistribution
 
+import hostfiles
 from deploys import ops
 from deploys.render import render
 from facts.files import DirectoryEntries
 from facts.host_state import FactRequest
 from inventory.derive import ollama_archives, ollama_environment
 from inventory.model import Acceleration, Host, Inventory, Ollama
-
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "ollama"
 
 INSTALL_ROOT = "/opt/ollama"
 CURRENT_LINK = f"{INSTALL_ROOT}/current"
@@ -323,7 +322,7 @@ def models_list(ollama: Ollama) -> str:
 
 
 def loader_script() -> str:
-    return (TEMPLATES / "ollama-model-loader.sh").read_text()
+    return hostfiles.content("ollama_model_loader.sh")
 
 
 def stale_releases(listing: list[str], wanted: str, previous: str, keep: int = KEEP_RELEASES) -> list[str]:

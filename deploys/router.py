@@ -7,7 +7,9 @@ Layout on the host:
     /opt/llm-router/current -> that venv     switched by the activation script only
     /opt/llm-router/libexec/activate         validate + swap + restart + wait + roll back
     /opt/llm-router/libexec/check-config.py  structural checks of a config before it is used
-    /opt/llm-router/libexec/llm_router_launch.py  credential -> LITELLM_MASTER_KEY, exec litellm
+    /opt/llm-router/libexec/llm_router_launch.py  credential -> LITELLM_MASTER_KEY, exec LiteLLM through
+    /opt/llm-router/libexec/llm_router_speedups.py  LiteLLM's CLI, its speed-ups installed in each worker
+    /opt/llm-router/libexec/llm_router_names.py     paths and names the router's programs share
     /etc/llm-router/config.yaml              LiteLLM config (dumped from deploys.router_config)
     /etc/llm-router/llm_router_auth.py       custom auth hook (master key + client key hashes)
     /etc/llm-router/client-keys.json         client key hashes (deploys.keys; no restart needed)
@@ -15,6 +17,9 @@ Layout on the host:
     /etc/llm-router/staged/                  desired files that differ from the live ones, and
                                              the trial-run unit (only during an activation)
     /etc/systemd/system/llm-router.service
+
+The programs are hostfiles/'s files (hostfiles/__init__.py maps each to its path here), uploaded
+as they are; the activation script gets the layout above as assignments after its first line.
 
 Files that make the router restart are never written in place: the deploy puts
 the desired version in `staged/` when it differs from the live one, and the
@@ -42,6 +47,7 @@ from pyinfra import host as current_host
 from pyinfra.api import FileUploadCommand, deploy, operation
 from pyinfra.api.exceptions import OperationError
 
+import hostfiles
 from deploys import keys, ops
 from deploys import router_config as rc
 from deploys.render import render
@@ -49,15 +55,26 @@ from deploys.secrets import ensure_secret
 from deploys.wheelhouse import LOCK_FILE as WHEELHOUSE_LOCK
 from facts.host_state import FactRequest
 from facts.system import OnlineCpus
+from hostfiles import router_names as names
 from inventory.model import Host, Inventory, Router
 
 LAYOUT = rc.DEFAULT_LAYOUT
 INSTALL_ROOT = LAYOUT.install_root
 CURRENT_LINK = LAYOUT.current_venv
-LIBEXEC_DIR = f"{INSTALL_ROOT}/libexec"
-ACTIVATE_SCRIPT = f"{LIBEXEC_DIR}/activate"
-CHECK_CONFIG_SCRIPT = f"{LIBEXEC_DIR}/check-config.py"
+LIBEXEC_DIR = LAYOUT.libexec_dir
+ACTIVATE_SCRIPT = f"{LIBEXEC_DIR}/{names.ACTIVATE_FILE_NAME}"
+CHECK_CONFIG_SCRIPT = f"{LIBEXEC_DIR}/{names.CHECK_CONFIG_FILE_NAME}"
 LAUNCHER_FILE = LAYOUT.launcher_file
+# What the launcher runs (LiteLLM with the speed-ups) and the names the router's programs import.
+SPEEDUPS_FILE = f"{LIBEXEC_DIR}/{names.SPEEDUPS_FILE_NAME}"
+NAMES_FILE = f"{LIBEXEC_DIR}/{names.NAMES_MODULE}.py"
+# Written in place (hostfiles/ file, path, operation name): they are only read when a router starts,
+# and the trial run needs them live.
+STARTUP_FILES: tuple[tuple[str, str, str], ...] = (
+    ("router_names.py", NAMES_FILE, "Router: names its programs share"),
+    ("router_speedups.py", SPEEDUPS_FILE, "Router: LiteLLM with its speed-ups"),
+    ("router_launch.py", LAUNCHER_FILE, "Router: launcher (credential -> environment)"),
+)
 ETC_DIR = LAYOUT.etc_dir
 STAGED_DIR = f"{ETC_DIR}/staged"
 NEXT_DIR = f"{ETC_DIR}/next"  # the staged set, assembled for the trial run
@@ -67,13 +84,11 @@ MASTER_KEY_FILE = LAYOUT.master_key_file
 UNIT = LAYOUT.unit_name
 UNIT_FILE = f"/etc/systemd/system/{UNIT}"
 # The trial-run unit: uploaded with each activation, removed by it.
-CHECK_UNIT_SOURCE = f"{STAGED_DIR}/llm-router-check.service"
+CHECK_UNIT_SOURCE = f"{STAGED_DIR}/{names.CHECK_UNIT_NAME}"
 SERVICE_USER = LAYOUT.service_user
 # Loopback port of the throwaway instance that proves a new config/venv/unit starts before the swap.
 CHECK_PORT_OFFSET = 1
 READY_TIMEOUT_S = 300  # LiteLLM imports for 10-30 s on a quiet small host, minutes on a loaded one
-
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "router"
 
 
 # --- pure values ------------------------------------------------------------------
@@ -157,78 +172,6 @@ def install_script(venv: str, stage: str, pins: list[str], from_wheelhouse: bool
     return "\n".join(lines)
 
 
-# The config checks run with the NEW venv's python (PyYAML comes with litellm).
-CHECK_CONFIG_PY = r'''"""check-config.py CONFIG: is this LiteLLM proxy config fit to replace the running one?
-
-Managed by llm-router-deploy (deploys/router.py). Exit 0, or 1 with one line per problem.
-"""
-import os
-import sys
-import urllib.error
-import urllib.request
-
-import yaml
-
-
-def problems(path):
-    found = []
-    try:
-        with open(path) as handle:
-            config = yaml.safe_load(handle)
-    except (OSError, yaml.YAMLError) as error:
-        return [f"{path}: not loadable YAML: {error}"]
-    if not isinstance(config, dict):
-        return [f"{path}: the document is not a mapping"]
-    models = config.get("model_list")
-    if not isinstance(models, list) or not models:
-        found.append("model_list is missing or empty")
-        models = []
-    bases = set()
-    for index, entry in enumerate(models):
-        where = f"model_list[{index}]"
-        if not isinstance(entry, dict) or not isinstance(entry.get("model_name"), str):
-            found.append(f"{where}: needs a model_name")
-            continue
-        params = entry.get("litellm_params")
-        if not isinstance(params, dict) or not isinstance(params.get("model"), str) or "/" not in params["model"]:
-            found.append(f"{where} ({entry['model_name']}): litellm_params.model must be '<provider>/<model>'")
-            continue
-        if isinstance(params.get("api_base"), str):
-            bases.add(params["api_base"])
-    for base in sorted(bases):
-        try:
-            urllib.request.urlopen(base, timeout=5).close()
-        except urllib.error.HTTPError:
-            pass  # it answered: reachable
-        except (urllib.error.URLError, OSError) as error:
-            found.append(f"api_base {base} is not reachable: {getattr(error, 'reason', error)}")
-    general = config.get("general_settings") or {}
-    if not isinstance(general, dict):
-        found.append("general_settings is not a mapping")
-        general = {}
-    master = general.get("master_key")
-    if isinstance(master, str) and not master.startswith("os.environ/"):
-        found.append("general_settings.master_key holds a literal key; it must come from the environment")
-    auth = general.get("custom_auth")
-    if auth:
-        module = str(auth).rsplit(".", 1)[0]
-        source = os.path.join(os.path.dirname(os.path.abspath(path)), module.replace(".", "/") + ".py")
-        try:
-            with open(source) as handle:
-                compile(handle.read(), source, "exec")
-        except (OSError, SyntaxError) as error:
-            found.append(f"custom_auth {auth}: {error}")
-    return found
-
-
-if __name__ == "__main__":
-    found = problems(sys.argv[1])
-    for problem in found:
-        print(f"check-config: {problem}", file=sys.stderr)
-    sys.exit(1 if found else 0)
-'''
-
-
 @dataclass(frozen=True)
 class StagedFile:
     """A file that only reaches its live path through the activation script."""
@@ -244,8 +187,8 @@ class StagedFile:
 
 
 STAGED_FILES: tuple[StagedFile, ...] = (
-    StagedFile(CONFIG_FILE, "config.yaml", "640", SERVICE_USER),
-    StagedFile(AUTH_HOOK_FILE, "llm_router_auth.py", "644"),
+    StagedFile(CONFIG_FILE, names.CONFIG_FILE_NAME, "640", SERVICE_USER),
+    StagedFile(AUTH_HOOK_FILE, f"{names.AUTH_HOOK_MODULE}.py", "644"),
     StagedFile(UNIT_FILE, UNIT, "644"),
 )
 
@@ -261,176 +204,15 @@ def render_unit(inv: Inventory, host: Host, cpu_count: int, **overrides) -> str:
 
 
 def activate_script(staged: tuple[StagedFile, ...] = STAGED_FILES) -> str:
-    """The one remote command that activates staged files and a venv, with rollback. Pure text."""
-    table = "\n".join(f"{s.staged_name} {s.live}" for s in staged)
-    return ACTIVATE_TEMPLATE.replace("@FILES@", table).replace("@ETC@", ETC_DIR).replace(
-        "@STAGED@", STAGED_DIR).replace("@CURRENT@", CURRENT_LINK).replace("@UNIT@", UNIT).replace(
-        "@CHECK_CONFIG@", CHECK_CONFIG_SCRIPT).replace("@MASTER_KEY@", MASTER_KEY_FILE)
-
-
-ACTIVATE_TEMPLATE = r"""#!/bin/sh
-# Managed by llm-router-deploy (deploys/router.py): activate staged router files and a venv.
-#
-# usage: activate VENV PORT CHECK_PORT CHECK_UNIT_FILE TIMEOUT_S
-#   1. check: the staged config (YAML, structure, api_base reachable) with the new venv, then a
-#      throwaway instance (CHECK_UNIT_FILE: new venv + staged files, loopback port) must become
-#      live. A failure here leaves the running router untouched.
-#   2. swap: back up the live files and the `current` link, move the staged files in, switch the
-#      link, restart, wait for /health/liveliness on 127.0.0.1:PORT; once live, remove the venvs
-#      other than the new one and the one it replaced.
-#   3. not live within TIMEOUT_S: restore the backup, restart, fail with the router's own log.
-set -u
-VENV=$1 PORT=$2 CHECK_PORT=$3 CHECK_UNIT_FILE=$4 TIMEOUT=$5
-ETC=@ETC@
-STAGED=@STAGED@
-NEXT=$ETC/next
-BACKUP=$ETC/rollback
-CURRENT=@CURRENT@
-UNIT=@UNIT@
-CHECK_UNIT=llm-router-check.service
-FILES='@FILES@'
-
-say() { printf 'llm-router: %s\n' "$*" >&2; }
-
-# The router's log since $2 (epoch), last lines, with the master key masked: it never reaches
-# pyinfra's output even if LiteLLM printed it. The key is read by python from its file, never
-# passed as an argument.
-router_log() {
-    journalctl -u "$1" --since "@$2" --no-pager -o cat 2>/dev/null | tail -n 40 | python3 -c '
-import sys
-try:
-    key = open("@MASTER_KEY@").read().strip()
-except OSError:
-    key = ""
-for line in sys.stdin:
-    sys.stderr.write(line.replace(key, "<master key>") if key else line)
-'
-}
-
-# Wait until 127.0.0.1:$1/health/liveliness answers; give up early when the unit ($2) failed
-# or restarted, else after TIMEOUT seconds.
-wait_live() {
-    end=$(( $(date +%s) + TIMEOUT ))
-    while [ "$(date +%s)" -lt "$end" ]; do
-        if python3 -c 'import sys, urllib.request
-urllib.request.urlopen("http://127.0.0.1:%s/health/liveliness" % sys.argv[1], timeout=2).close()' "$1" \
-            2>/dev/null; then
-            return 0
-        fi
-        state=$(systemctl show -p ActiveState --value "$2")
-        restarts=$(systemctl show -p NRestarts --value "$2")
-        case "$state" in failed|inactive) return 1 ;; esac
-        [ "${restarts:-0}" -gt 0 ] && return 1
-        sleep 1
-    done
-    return 1
-}
-
-# Blocking (Type=exec returns once the new process runs): with --no-block the old router could
-# still answer the first liveliness probe while it is being stopped.
-restart_router() {
-    systemctl reset-failed "$UNIT" 2>/dev/null
-    systemctl restart "$UNIT" || true
-}
-
-staged_or_live() { # NAME LIVE -> the file the new set uses
-    if [ -e "$STAGED/$1" ]; then echo "$STAGED/$1"; else echo "$2"; fi
-}
-
-# Staged files are used once: whatever the outcome, the staging area is empty afterwards, so a
-# refused change can never slip in with a later activation.
-discard_staged() {
-    rm -rf "$NEXT"
-    find "$STAGED" -mindepth 1 -maxdepth 1 -type f -delete 2>/dev/null
-}
-
-stop_trial() {
-    systemctl stop "$CHECK_UNIT" 2>/dev/null
-    rm -f "/run/systemd/system/$CHECK_UNIT"
-    systemctl daemon-reload
-}
-
-# --- 1. check, without touching the running router ------------------------------
-[ -f "$VENV/.installed" ] || { say "$VENV is not a complete venv; $CURRENT unchanged"; discard_staged; exit 1; }
-rm -rf "$NEXT" && install -d -m 750 -g "$(stat -c %G "$ETC")" "$NEXT" || exit 1
-echo "$FILES" | while read -r name live; do
-    case "$live" in
-        $ETC/*) src=$(staged_or_live "$name" "$live"); [ -e "$src" ] && cp -p "$src" "$NEXT/$name" ;;
-    esac
-done
-if ! "$VENV/bin/python" @CHECK_CONFIG@ "$NEXT/config.yaml"; then
-    say "the new config was rejected before use; the running router is unchanged"
-    discard_staged; exit 1
-fi
-started=$(date +%s)
-install -m 644 "$CHECK_UNIT_FILE" "/run/systemd/system/$CHECK_UNIT"
-systemctl daemon-reload
-systemctl reset-failed "$CHECK_UNIT" 2>/dev/null
-systemctl start "$CHECK_UNIT"
-if ! wait_live "$CHECK_PORT" "$CHECK_UNIT"; then
-    say "a trial run of the new router (venv, config, unit) did not become live; the running router is unchanged"
-    say "its log:"
-    router_log "$CHECK_UNIT" "$started"
-    stop_trial; discard_staged; exit 1
-fi
-stop_trial
-rm -f "$CHECK_UNIT_FILE"
-
-# --- 2. swap ---------------------------------------------------------------------
-rm -rf "$BACKUP" && install -d -m 700 "$BACKUP" || exit 1
-readlink "$CURRENT" > "$BACKUP/current.target" 2>/dev/null || : > "$BACKUP/current.target"
-echo "$FILES" | while read -r name live; do
-    if [ -e "$live" ]; then cp -p "$live" "$BACKUP/$name"; fi
-done
-echo "$FILES" | while read -r name live; do
-    if [ -e "$STAGED/$name" ]; then mv -f "$STAGED/$name" "$live"; fi
-done
-ln -sfn "$VENV" "$CURRENT.new" && mv -T "$CURRENT.new" "$CURRENT"
-discard_staged
-systemctl daemon-reload
-started=$(date +%s)
-restart_router
-if wait_live "$PORT" "$UNIT"; then
-    # Serving: venvs other than this one and the one it replaced (kept to switch back by hand) are
-    # never used again, and each holds LiteLLM and its dependencies (~0.5 GB).
-    replaced=$(cat "$BACKUP/current.target")
-    for old in "${VENV%/*}"/venv-*; do
-        case "$old" in "$VENV"|"$replaced") ;; *) [ -d "$old" ] && rm -rf "$old" ;; esac
-    done
-    rm -rf "$BACKUP"
-    exit 0
-fi
-
-# --- 3. roll back ----------------------------------------------------------------
-say "the router did not become live within ${TIMEOUT}s after the change; restoring the previous version"
-say "its log:"
-router_log "$UNIT" "$started"
-echo "$FILES" | while read -r name live; do
-    if [ -e "$BACKUP/$name" ]; then mv -f "$BACKUP/$name" "$live"; else rm -f "$live"; fi
-done
-previous=$(cat "$BACKUP/current.target")
-if [ -n "$previous" ]; then ln -sfn "$previous" "$CURRENT.new" && mv -T "$CURRENT.new" "$CURRENT"; fi
-systemctl daemon-reload
-if [ -n "$previous" ]; then
-    started=$(date +%s)
-    restart_router
-    if wait_live "$PORT" "$UNIT"; then
-        say "rolled back: the previous router is serving again"
-    else
-        say "rolled back, but the previous router is not live either:"
-        router_log "$UNIT" "$started"
-    fi
-else
-    # A first install that never came up: back to "not installed", so the next apply starts afresh
-    # (no half-activated `current` link left that would make it skip the activation).
-    systemctl stop "$UNIT" 2>/dev/null
-    rm -f "$CURRENT"
-    systemctl daemon-reload
-    say "there was no previous version to restore; the router is stopped and not installed"
-fi
-rm -rf "$BACKUP"
-exit 1
-"""
+    """hostfiles/router_activate.sh with the router's layout assigned after its first line. Pure text."""
+    layout = {
+        "ETC": ETC_DIR, "STAGED": STAGED_DIR, "NEXT": NEXT_DIR, "CURRENT": CURRENT_LINK, "UNIT": UNIT,
+        "CHECK_UNIT": names.CHECK_UNIT_NAME, "CHECK_CONFIG": CHECK_CONFIG_SCRIPT, "MASTER_KEY": MASTER_KEY_FILE,
+        "FILES": "\n".join(f"{s.staged_name} {s.live}" for s in staged),
+    }
+    shebang, body = hostfiles.content("router_activate.sh").split("\n", 1)
+    header = "".join(f"{name}={shlex.quote(value)}\n" for name, value in layout.items())
+    return f"{shebang}\n{header}{body}"
 
 
 # --- operations that ops.py does not have -----------------------------------------
@@ -565,7 +347,7 @@ def managed_paths(inv: Inventory, host: Host) -> list[str]:
     p = plan(inv, host)
     return [
         INSTALL_ROOT, LIBEXEC_DIR, ACTIVATE_SCRIPT, CHECK_CONFIG_SCRIPT, CURRENT_LINK, p.marker,
-        ETC_DIR, STAGED_DIR, MASTER_KEY_FILE, LAUNCHER_FILE, *keys.managed_paths(),
+        ETC_DIR, STAGED_DIR, MASTER_KEY_FILE, *(path for _, path, _ in STARTUP_FILES), *keys.managed_paths(),
         *(s.live for s in STAGED_FILES), *(s.staged for s in STAGED_FILES),
     ]
 
@@ -606,15 +388,15 @@ def router(inv: Inventory, host: Host) -> None:
     # 3. Tools of the activation, then the files the router runs, staged when they differ.
     ops.directory(LIBEXEC_DIR, name=f"Router: {LIBEXEC_DIR}")
     ops.file(ACTIVATE_SCRIPT, activate_script(), mode="755", name="Router: activation script")
-    ops.file(CHECK_CONFIG_SCRIPT, CHECK_CONFIG_PY, mode="644", name="Router: config checks")
-    # Written in place: it is only read when a router starts, and the trial run needs it live.
-    launcher = ops.file(LAUNCHER_FILE, (TEMPLATES / "llm_router_launch.py").read_text(), mode="644",
-                        name="Router: launcher (credential -> environment)")
+    ops.file(CHECK_CONFIG_SCRIPT, hostfiles.content("router_check_config.py"), mode="644",
+             name="Router: config checks")
+    started_by = [ops.file(path, hostfiles.content(source), mode="644", name=title)
+                  for source, path, title in STARTUP_FILES]
     ops.directory(STAGED_DIR, mode="700", name=f"Router: {STAGED_DIR}")
     cpus = cpu_count()
     contents = {
         CONFIG_FILE: render_config(inv, host),
-        AUTH_HOOK_FILE: (TEMPLATES / "llm_router_auth.py").read_text(),
+        AUTH_HOOK_FILE: hostfiles.content("router_auth.py"),
         UNIT_FILE: render_unit(inv, host, cpus),
     }
     for spec in STAGED_FILES:
@@ -626,5 +408,5 @@ def router(inv: Inventory, host: Host) -> None:
 
     # 4. Swap in what changed, restart, wait, roll back on failure - one remote command.
     activated(p.venv, settings.port, check_port(settings), check_unit,
-              changed=restage or ops.changed(master_key, venv, launcher), name="Router: activate (check, swap, restart)")
+              changed=restage or ops.changed(master_key, venv, *started_by), name="Router: activate (check, swap, restart)")
     ops.unit(UNIT, enabled=True, running=True, name="Router: service enabled")

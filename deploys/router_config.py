@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from hostfiles import router_names as names
 from inventory.derive import alias_table
 from inventory.model import Capability, CatalogueModel, Host, Inventory, Server
 
@@ -26,13 +27,8 @@ OLLAMA_PROVIDER = "ollama_chat"
 # Request params that make LiteLLM send Ollama `think`; real Ollama answers 400
 # "does not support thinking" for models without that capability, so they are dropped.
 THINKING_PARAMS: tuple[str, ...] = ("thinking", "reasoning_effort")
-MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
-KEY_HASHES_FILE_ENV = "LLM_ROUTER_KEY_HASHES_FILE"
 # The auth hook module, deployed next to config.yaml (LiteLLM imports it from there).
-AUTH_HOOK_MODULE = "llm_router_auth"
-AUTH_HOOK_FUNCTION = f"{AUTH_HOOK_MODULE}.user_api_key_auth"
-# systemd credential name of the master key (LoadCredential=NAME:PATH).
-MASTER_KEY_CREDENTIAL = "master-key"
+AUTH_HOOK_FUNCTION = f"{names.AUTH_HOOK_MODULE}.user_api_key_auth"
 # model_info rates that mark a model free: LiteLLM's cost check ends early for explicit zeros.
 FREE_MODEL_RATES: tuple[str, ...] = (
     "input_cost_per_token",
@@ -49,37 +45,41 @@ SUPERVISOR_MEMORY_BYTES = 350 * 1024**2
 
 @dataclass(frozen=True)
 class RouterLayout:
-    """Where the router's pieces live on the server (defaults match deploys/router.py)."""
+    """Where the router's pieces live on the server (the defaults: hostfiles/router_names.py)."""
 
-    etc_dir: str = "/etc/llm-router"
-    install_root: str = "/opt/llm-router"
-    service_user: str = "llm-router"
-    unit_name: str = "llm-router.service"
-    state_dir_name: str = "llm-router"  # StateDirectory= / CacheDirectory= / RuntimeDirectory= name
+    etc_dir: str = names.ETC_DIR
+    install_root: str = names.INSTALL_ROOT
+    service_user: str = names.SERVICE_USER
+    unit_name: str = names.UNIT_NAME
+    state_dir_name: str = names.STATE_DIR_NAME  # StateDirectory= / CacheDirectory= / RuntimeDirectory= name
 
     @property
     def config_file(self) -> str:
-        return f"{self.etc_dir}/config.yaml"
+        return f"{self.etc_dir}/{names.CONFIG_FILE_NAME}"
 
     @property
     def auth_hook_file(self) -> str:
-        return f"{self.etc_dir}/{AUTH_HOOK_MODULE}.py"
+        return f"{self.etc_dir}/{names.AUTH_HOOK_MODULE}.py"
 
     @property
     def key_hashes_file(self) -> str:
-        return f"{self.etc_dir}/client-keys.json"
+        return f"{self.etc_dir}/{names.KEY_HASHES_FILE_NAME}"
 
     @property
     def master_key_file(self) -> str:
-        return f"{self.etc_dir}/master-key"
+        return f"{self.etc_dir}/{names.MASTER_KEY_FILE_NAME}"
 
     @property
     def current_venv(self) -> str:
         return f"{self.install_root}/current"
 
     @property
+    def libexec_dir(self) -> str:
+        return f"{self.install_root}/{names.LIBEXEC_DIR_NAME}"
+
+    @property
     def launcher_file(self) -> str:
-        return f"{self.install_root}/libexec/llm_router_launch.py"
+        return f"{self.libexec_dir}/{names.LAUNCHER_FILE_NAME}"
 
     @property
     def state_dir(self) -> str:
@@ -204,7 +204,7 @@ def build_litellm_config(inventory: Inventory, server_host: Host | str) -> dict[
         "model_list": model_list(inventory, server),
         "general_settings": {
             # A reference, resolved by LiteLLM from the environment: the key is never in the file.
-            "master_key": f"os.environ/{MASTER_KEY_ENV}",
+            "master_key": f"os.environ/{names.MASTER_KEY_ENV}",
             # Per-client keys without a database (LiteLLM alone answers them 400 "No connected db.").
             "custom_auth": AUTH_HOOK_FUNCTION,
             # No database: nothing to write spend or error rows to.
@@ -269,7 +269,7 @@ def router_environment(layout: RouterLayout = DEFAULT_LAYOUT) -> dict[str, str]:
         "DISABLE_ADMIN_UI": "True",
         "NO_DOCS": "True",
         "NO_REDOC": "True",
-        KEY_HASHES_FILE_ENV: layout.key_hashes_file,
+        names.KEY_HASHES_FILE_ENV: layout.key_hashes_file,
         # Writable places (the rest of the file system is read-only to the service).
         "HOME": layout.state_dir,
         "XDG_CACHE_HOME": layout.cache_dir,
@@ -402,7 +402,7 @@ def router_unit_context(
         "working_directory": layout.state_dir,
         "exec_start": " ".join(systemd_quote(a) for a in argv),
         "environment": [f"{k}={systemd_quote(v)}" for k, v in sorted(router_environment(layout).items())],
-        "load_credentials": [f"{MASTER_KEY_CREDENTIAL}:{layout.master_key_file}"],
+        "load_credentials": [f"{names.MASTER_KEY_CREDENTIAL}:{layout.master_key_file}"],
         "state_directory": layout.state_dir_name,
         "cache_directory": layout.state_dir_name,
         "memory_max": router.memory_max,

@@ -34,7 +34,7 @@ from lab.claude_code import CLAUDE_CODE_VERSION, INSTALLED_PATH, ensure_layer
 from tests.test_client_scripts import ROUTER_KEY, make_sandbox
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-COMMANDS_DIR = REPO_ROOT / "templates" / "client" / "commands"
+COMMANDS_DIR = REPO_ROOT / "hostfiles" / "claude_commands"
 PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else "python3"
 ANSWER = "Hi from the fake router"
 

@@ -6,7 +6,6 @@ variable from the outer environment, so the key helper must decide from the sett
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -16,34 +15,24 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hostfiles import claude_router
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = REPO_ROOT / "templates" / "client" / "claude_router.py"
-COMMANDS_DIR = REPO_ROOT / "templates" / "client" / "commands"
+# Run by its file, under both names it has on the hosts (the program looks at the name it runs as).
+SCRIPT = Path(claude_router.__file__)
+COMMANDS_DIR = REPO_ROOT / "hostfiles" / "claude_commands"
 # The target hosts run Debian's /usr/bin/python3 (stdlib only); use it when this machine has one.
 PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
 ROUTER_URL = "http://127.0.0.1:4000"
 ROUTER_KEY = "sk-router-test-key"
 ANTHROPIC_KEY = "sk-ant-user-key"
 HELPER = "/usr/local/bin/claude-router-key"
-
-
-def load_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("claude_router", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-claude_router = load_module()
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import hostfiles
 from deploys import keys
 from deploys import router as deploy_router
 from deploys.secrets import ensure_secret
@@ -115,16 +116,29 @@ def test_activate_script_is_valid_sh_and_lists_every_staged_file():
     assert result.returncode == 0, result.stderr
     for spec in deploy_router.STAGED_FILES:
         assert f"{spec.staged_name} {spec.live}" in script
-    assert "@" + "ETC@" not in script and "@FILES@" not in script
+    # The layout, assigned right after the shebang, before the script's own lines.
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/sh"
+    assert lines[1:6] == ["ETC=/etc/llm-router", "STAGED=/etc/llm-router/staged", "NEXT=/etc/llm-router/next",
+                          "CURRENT=/opt/llm-router/current", "UNIT=llm-router.service"]
+    assert "CHECK_CONFIG=/opt/llm-router/libexec/check-config.py" in lines
+    assert "MASTER_KEY=/etc/llm-router/master-key" in lines
+    assert script.endswith((REPO / "hostfiles" / "router_activate.sh").read_text().split("\n", 1)[1])
+
+
+def test_activate_script_refuses_to_run_without_the_layout(tmp_path):
+    result = subprocess.run(["sh", str(REPO / "hostfiles" / "router_activate.sh"), str(tmp_path), "4000", "4001",
+                             str(tmp_path / "unit"), "5"], capture_output=True, text=True, check=False,
+                            env={"PATH": "/usr/bin:/bin"}, timeout=30)
+    assert result.returncode != 0 and "ETC" in result.stderr
 
 
 def _check_config(tmp_path: Path, text: str, hook: str | None = "x = 1\n") -> subprocess.CompletedProcess:
-    (tmp_path / "check.py").write_text(deploy_router.CHECK_CONFIG_PY)
     (tmp_path / "config.yaml").write_text(text)
     if hook is not None:
         (tmp_path / "llm_router_auth.py").write_text(hook)
-    return subprocess.run([sys.executable, str(tmp_path / "check.py"), str(tmp_path / "config.yaml")],
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run([sys.executable, "-m", "hostfiles.router_check_config", str(tmp_path / "config.yaml")],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_check_config_accepts_the_rendered_config_when_ollama_answers(tmp_path, inv):
@@ -173,7 +187,7 @@ def converged_snapshot(inv: Inventory) -> Snapshot:
     master = (inv.secrets_path / "litellm-master-key").read_text()
     live = {
         d.CONFIG_FILE: d.render_config(inv, host),
-        d.AUTH_HOOK_FILE: (d.TEMPLATES / "llm_router_auth.py").read_text(),
+        d.AUTH_HOOK_FILE: hostfiles.content("router_auth.py"),
         d.UNIT_FILE: d.render_unit(inv, host, CPUS),
     }
     paths = {
@@ -184,8 +198,8 @@ def converged_snapshot(inv: Inventory) -> Snapshot:
         d.CURRENT_LINK: PathState("link", target=p.venv),
         p.marker: _file_state(""),
         d.ACTIVATE_SCRIPT: _file_state(d.activate_script(), "755"),
-        d.CHECK_CONFIG_SCRIPT: _file_state(d.CHECK_CONFIG_PY),
-        d.LAUNCHER_FILE: _file_state((d.TEMPLATES / "llm_router_launch.py").read_text()),
+        d.CHECK_CONFIG_SCRIPT: _file_state(hostfiles.content("router_check_config.py")),
+        **{path: _file_state(hostfiles.content(source)) for source, path, _ in d.STARTUP_FILES},
         d.MASTER_KEY_FILE: _file_state(master, "600"),
         keys.KEY_HASHES_FILE: _file_state(keys.server_keys(inv, host), "640", "llm-router"),
         **{spec.live: _file_state(live[spec.live], spec.mode, spec.group) for spec in d.STAGED_FILES},

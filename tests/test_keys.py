@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import stat
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -16,10 +13,10 @@ import pytest
 from deploys import keys, secrets
 from deploys.keys import ClientKey, RotationError
 from deploys.secrets import SecretError
+from hostfiles import router_auth
 from inventory.load import load_inventory
 
 REPO = Path(__file__).resolve().parent.parent
-AUTH_HOOK = REPO / "templates" / "router" / "llm_router_auth.py"
 
 
 @pytest.fixture
@@ -31,30 +28,6 @@ def inv(tmp_path: Path):
     path.write_text(source)
     # Relative paths (ssh keys, wheelhouse) are only resolved, never opened, by these tests.
     return load_inventory(path)
-
-
-def _load_auth_hook():
-    """templates/router/llm_router_auth.py with stub fastapi/litellm modules (pure functions only)."""
-    stubs = {
-        "fastapi": types.SimpleNamespace(Request=object),
-        "litellm": types.ModuleType("litellm"),
-        "litellm.proxy": types.ModuleType("litellm.proxy"),
-        "litellm.proxy._types": types.SimpleNamespace(
-            LitellmUserRoles=object, ProxyErrorTypes=object, ProxyException=Exception, UserAPIKeyAuth=dict),
-    }
-    saved = {name: sys.modules.get(name) for name in stubs}
-    sys.modules.update(stubs)  # type: ignore[arg-type]
-    try:
-        spec = importlib.util.spec_from_file_location("llm_router_auth_under_test", AUTH_HOOK)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-        return module
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
 
 
 # --- hashes document ----------------------------------------------------------------
@@ -77,9 +50,8 @@ def test_hashes_text_is_stable_whatever_the_order():
     assert one == two
 
 
-@pytest.mark.skipif(not AUTH_HOOK.exists(), reason="auth hook not written yet")
 def test_auth_hook_accepts_our_document_and_matches_our_hashes():
-    hook = _load_auth_hook()
+    hook = router_auth
     ring = {"razer": ClientKey("sk-new", "sk-old"), "p620": ClientKey("sk-p")}
     table = hook.parse_key_hashes(keys.render_hashes(keys.accepted_hashes(ring, final=False)))
     assert hook.match_client(table, hook.key_hash("sk-old")) == "razer"
@@ -88,6 +60,13 @@ def test_auth_hook_accepts_our_document_and_matches_our_hashes():
     assert hook.match_client(final, hook.key_hash("sk-old")) is None
     assert hook.match_client(final, hook.key_hash("sk-new")) == "razer"
     assert hook.match_client(final, hook.key_hash("sk-p")) == "p620"
+
+
+def test_the_hook_reads_the_hashes_where_the_deploy_writes_them(monkeypatch):
+    monkeypatch.delenv("LLM_ROUTER_KEY_HASHES_FILE", raising=False)
+    assert str(router_auth.key_hashes_path()) == keys.KEY_HASHES_FILE == "/etc/llm-router/client-keys.json"
+    monkeypatch.setenv("LLM_ROUTER_KEY_HASHES_FILE", "/elsewhere/keys.json")
+    assert str(router_auth.key_hashes_path()) == "/elsewhere/keys.json"
 
 
 # --- rotation state machine -----------------------------------------------------------

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ast
-import importlib.util
+import inspect
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,6 @@ from deploys.render import render
 from deploys.router_config import (
     AUTH_HOOK_FUNCTION,
     FREE_MODEL_RATES,
-    MASTER_KEY_CREDENTIAL,
     SUPERVISOR_MEMORY_BYTES,
     THINKING_PARAMS,
     WORKER_MEMORY_BYTES,
@@ -37,12 +36,14 @@ from deploys.router_config import (
     systemd_quote,
     workers_fitting,
 )
+from hostfiles import router_auth
+from hostfiles import router_launch as launcher
+from hostfiles.router_names import MASTER_KEY_CREDENTIAL
 from inventory.derive import alias_table, resolve_alias
 from inventory.load import load_inventory
 from inventory.model import Capability, Server
 
 REPO = Path(__file__).resolve().parent.parent
-TEMPLATES = REPO / "templates" / "router"
 INVENTORIES = [REPO / "inventory" / "lab.yaml", REPO / "inventory" / "homelab.yaml"]
 
 
@@ -172,9 +173,10 @@ def test_settings_reference_the_key_and_hook_and_keep_requests_cheap(lab_invento
 
 def test_the_custom_auth_hook_exists_where_litellm_will_look() -> None:
     module, function = AUTH_HOOK_FUNCTION.rsplit(".", 1)
-    tree = ast.parse((TEMPLATES / f"{module}.py").read_text())
-    hooks = [n for n in tree.body if isinstance(n, ast.AsyncFunctionDef) and n.name == function]
-    assert hooks and [a.arg for a in hooks[0].args.args] == ["request", "api_key"]
+    assert f"/etc/llm-router/{module}.py" == RouterLayout().auth_hook_file  # next to config.yaml
+    hook = getattr(router_auth, function)
+    assert inspect.iscoroutinefunction(hook)
+    assert list(inspect.signature(hook).parameters) == ["request", "api_key"]
 
 
 def test_yaml_dump_round_trips_and_holds_no_secret(lab_inventory) -> None:
@@ -300,15 +302,8 @@ def test_unit_exposure_within_the_inventory_bound(lab_inventory, tmp_path: Path)
 # --- the launcher (stdlib only, so importable here) ------------------------------------------------
 
 
-def load_launcher():
-    spec = importlib.util.spec_from_file_location("llm_router_launch", TEMPLATES / "llm_router_launch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_launcher_puts_the_credential_in_the_environment_and_execs_litellm(tmp_path, monkeypatch) -> None:
-    launcher = load_launcher()
+def test_launcher_puts_the_credential_in_the_environment_and_execs_litellm_with_the_speedups(
+        tmp_path, monkeypatch) -> None:
     key = "sk-" + "k" * 60
     (tmp_path / MASTER_KEY_CREDENTIAL).write_text(key + "\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
@@ -317,15 +312,16 @@ def test_launcher_puts_the_credential_in_the_environment_and_execs_litellm(tmp_p
     monkeypatch.setattr(os, "execve", lambda path, argv, env: calls.append((path, argv, env)))
     launcher.main(["--config", "c.yaml", "--port", "4000"])
     (path, argv, env), = calls
-    assert Path(path).name == "litellm" and Path(path).parent == Path(launcher.sys.executable).parent
-    assert argv[1:] == ["--config", "c.yaml", "--port", "4000"]  # the key is not an argument
+    # The same venv's python, on the speed-ups module that sits beside the launcher on the server.
+    assert path == argv[0] == sys.executable
+    assert Path(argv[1]) == Path(launcher.__file__).with_name("llm_router_speedups.py")
+    assert argv[2:] == ["--config", "c.yaml", "--port", "4000"]  # the key is not an argument
     assert env["LITELLM_MASTER_KEY"] == key
     assert key not in " ".join(argv)
 
 
 @pytest.mark.parametrize("content", ["", "not-a-key\n", "sk-short\n", "sk-" + "a" * 40 + " trailing\n"])
 def test_launcher_refuses_a_malformed_key_without_printing_it(tmp_path, monkeypatch, capsys, content) -> None:
-    launcher = load_launcher()
     (tmp_path / MASTER_KEY_CREDENTIAL).write_text(content)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("must not start LiteLLM"))
@@ -337,7 +333,6 @@ def test_launcher_refuses_a_malformed_key_without_printing_it(tmp_path, monkeypa
 
 
 def test_launcher_needs_the_systemd_credential(tmp_path, monkeypatch, capsys) -> None:
-    launcher = load_launcher()
     monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("must not start LiteLLM"))
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     assert launcher.main([]) == 1

@@ -1,8 +1,8 @@
 """The REAL LiteLLM proxy (pinned, from the offline wheelhouse) in front of the Ollama stand-in.
 
 Everything the router runs on the server is used as deployed: the config is
-`build_litellm_config(...)` dumped to YAML, the auth hook and the launcher are
-the files from templates/router/, the master key arrives as a systemd-style
+`build_litellm_config(...)` dumped to YAML, the auth hook, the launcher and the
+speed-ups are hostfiles/'s files (bench.local_router), the master key arrives as a systemd-style
 credential file, client keys are checked against a hashes file in the format
 deploys/keys.py writes. LiteLLM starts once for the module (10-40 s here).
 
@@ -29,14 +29,13 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from bench.local_router import RouterNotLive, start_local_router
 from deploys import wheelhouse
 from deploys.keys import hashes_document, render_hashes
 from inventory.load import load_inventory
-from lab.local_router import RouterNotLive, start_local_router
 from lab.standins.ollama.server import make_server
 
 REPO = Path(__file__).resolve().parent.parent
-TEMPLATES = REPO / "templates" / "router"
 START_TIMEOUT_S = 180
 REQUEST_TIMEOUT_S = 60
 
@@ -455,10 +454,8 @@ def test_no_key_in_the_log(router: Router) -> None:
 
 
 HOOK_UNIT_CHECKS = r"""
-import hashlib, importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("llm_router_auth", sys.argv[1])
-hook = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(hook)
+import hashlib, json
+from hostfiles import router_auth as hook
 h = lambda key: hashlib.sha256(key.encode()).hexdigest()
 results = {}
 for name, text in {
@@ -482,9 +479,9 @@ print(json.dumps(results))
 
 
 def test_auth_hook_parsing_matching_and_routes(litellm_venv: Path) -> None:
-    """The hook's pure parts, run by the router venv's python (the hook imports LiteLLM)."""
-    result = subprocess.run([str(litellm_venv / "bin" / "python"), "-c", HOOK_UNIT_CHECKS,
-                             str(TEMPLATES / "llm_router_auth.py")], check=True, capture_output=True, text=True,
+    """The hook's pure parts, run by the router venv's python, as on the server."""
+    result = subprocess.run([str(litellm_venv / "bin" / "python"), "-c", HOOK_UNIT_CHECKS], cwd=REPO,
+                            check=True, capture_output=True, text=True,
                             env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}, timeout=120)
     results = json.loads(result.stdout.strip().splitlines()[-1])
     for malformed in ("not json", "no clients", "clients not a map", "hashes not a list", "upper-case hex",
@@ -499,10 +496,10 @@ def test_auth_hook_parsing_matching_and_routes(litellm_venv: Path) -> None:
 
 
 SPEEDUP_CHECKS = r"""
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("llm_router_auth", sys.argv[1])
-hook = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(hook)  # installs the speed-ups, as in the router
+import json, sys
+from hostfiles import router_auth, router_speedups
+assert "litellm" not in sys.modules  # importing the auth hook changes nothing in LiteLLM
+router_speedups.install()  # what the router process does first, in each worker
 import litellm
 from fastapi import APIRouter, FastAPI
 from litellm.llms.ollama.common_utils import OllamaModelInfo
@@ -539,9 +536,9 @@ print(json.dumps(results))
 
 
 def test_speedups_keep_litellms_answers(litellm_venv: Path) -> None:
-    """The hook's speed-ups of LiteLLM's request path, run by the router venv's python."""
-    result = subprocess.run([str(litellm_venv / "bin" / "python"), "-c", SPEEDUP_CHECKS,
-                             str(TEMPLATES / "llm_router_auth.py")], check=True, capture_output=True, text=True,
+    """The speed-ups of LiteLLM's request path, run by the router venv's python."""
+    result = subprocess.run([str(litellm_venv / "bin" / "python"), "-c", SPEEDUP_CHECKS], cwd=REPO,
+                            check=True, capture_output=True, text=True,
                             env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}, timeout=180)
     assert "speed-ups: otel-import=on ollama-static-model=on hot-routes=on" in result.stderr
     results = json.loads(result.stdout.strip().splitlines()[-1])

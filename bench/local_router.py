@@ -1,9 +1,10 @@
 """The deploy's LiteLLM router as a local process on loopback, for tests and benchmarks (no lab).
 
 Everything it runs is what the server runs: the config is `build_litellm_config(...)` dumped to
-YAML (or a given variant of it), the auth hook and the launcher are templates/router/'s files, the
-master key arrives as a systemd-style credential file and client keys are checked against a hashes
-file. Only the directories are temporary and the bind is 127.0.0.1.
+YAML (or a given variant of it), the auth hook, the launcher, the speed-ups and the names they share
+are hostfiles/'s files under their names on the server, the master key arrives as a systemd-style
+credential file and client keys are checked against a hashes file. Only the directories are
+temporary and the bind is 127.0.0.1. Used by tests/test_router_runtime.py and bench.router_local.
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hostfiles
+from deploys.router import STARTUP_FILES
 from deploys.router_config import (
-    MASTER_KEY_CREDENTIAL,
     RouterLayout,
     build_litellm_config,
     dump_config_yaml,
     router_command,
     router_environment,
 )
+from hostfiles import router_names as names
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "router"
 SERVER = "p620"
 
 
@@ -96,12 +98,15 @@ def start_local_router(root: Path, inventory: Any, venv: Path, master_key: str, 
     for directory in (etc, credentials, state, cache):
         directory.mkdir(parents=True, mode=0o700)
     layout = RouterLayout(etc_dir=str(etc), install_root=str(root))
-    (etc / "config.yaml").write_text(dump_config_yaml(config if config is not None else build_litellm_config(inventory, SERVER)))
-    shutil.copy(hook or TEMPLATES / "llm_router_auth.py", etc / "llm_router_auth.py")
-    Path(layout.launcher_file).parent.mkdir()
-    shutil.copy(TEMPLATES / "llm_router_launch.py", layout.launcher_file)
-    (credentials / MASTER_KEY_CREDENTIAL).write_text(master_key + "\n")
-    hashes_file = etc / "client-keys.json"
+    Path(layout.config_file).write_text(
+        dump_config_yaml(config if config is not None else build_litellm_config(inventory, SERVER)))
+    shutil.copy(hook or hostfiles.HOSTFILES_DIR / "router_auth.py", layout.auth_hook_file)
+    libexec = Path(layout.libexec_dir)
+    libexec.mkdir()
+    for source, path, _ in STARTUP_FILES:
+        shutil.copy(hostfiles.HOSTFILES_DIR / source, libexec / Path(path).name)
+    (credentials / names.MASTER_KEY_CREDENTIAL).write_text(master_key + "\n")
+    hashes_file = Path(layout.key_hashes_file)
     hashes_file.write_text(hashes_text)
 
     port = free_port()

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Managed by llm-router-deploy (templates/ollama/ollama-model-loader.sh): local edits are overwritten.
+# Managed by llm-router-deploy (hostfiles/ollama_model_loader.sh): local edits are overwritten.
 #
 # ollama-model-loader MODELS_LIST
 #

@@ -5,11 +5,11 @@ Stdlib only (Debian 12 python3 3.11); one self-contained file so the deploy inst
 
 Install contract (what deploys/client.py installs and writes)
 ---------------------------------------------------------------
-* ``templates/client/claude_router.py`` -> ``/usr/local/bin/claude-router`` (root:root 0755).
+* ``hostfiles/claude_router.py`` -> ``/usr/local/bin/claude-router`` (root:root 0755).
 * ``/usr/local/bin/claude-router-key`` -> symlink to ``claude-router`` (or a second copy). The program
   looks at the name it was started as: ``claude-router-key`` behaves like ``claude-router key``.
   This is the apiKeyHelper command.
-* ``templates/client/commands/{use-ollama,use-claude,use-default}.md`` -> ``~USER/.claude/commands/``.
+* ``hostfiles/claude_commands/{use-ollama,use-claude,use-default}.md`` -> ``~USER/.claude/commands/``.
 * ``/etc/claude-router/config.json`` (0644, NO secrets), read at every run; override its path with
   ``$CLAUDE_ROUTER_CONFIG``::
 
@@ -66,10 +66,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Where the deploy installs this program and its files: deploys/client.py reads these names from here.
 PROGRAM = "claude-router"
+PROGRAM_FILE = f"/usr/local/bin/{PROGRAM}"
+DEFAULT_HELPER_COMMAND = f"/usr/local/bin/{PROGRAM}-key"  # a symlink to PROGRAM_FILE
 DEFAULT_CONFIG_PATH = "/etc/claude-router/config.json"
+DEFAULT_KEY_FILE = "~/.config/claude-router/key"
 CONFIG_ENV_VAR = "CLAUDE_ROUTER_CONFIG"
-DEFAULT_HELPER_COMMAND = "/usr/local/bin/claude-router-key"
 CLOUD_BASE_URL = "https://api.anthropic.com"
 SETTINGS_LOCAL = Path(".claude") / "settings.local.json"
 SETTINGS_SHARED = Path(".claude") / "settings.json"
@@ -90,7 +93,7 @@ class RouterConfig:
     default_model: str
     models: tuple[str, ...] = ()
     small_fast_model: str | None = None
-    key_file: str = "~/.config/claude-router/key"
+    key_file: str = DEFAULT_KEY_FILE
     anthropic_key_file: str | None = None
     anthropic_key_command: tuple[str, ...] | None = None
     extra_router_urls: tuple[str, ...] = ()

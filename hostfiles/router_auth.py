@@ -17,33 +17,36 @@ key and answers any other key with 400 "No connected db."; this hook replaces th
 
 Each accepted request logs one line with the client's alias (`llm_router_auth: client=razer
 ...`) and carries it as key_alias/user_id, so LiteLLM's own logging and spend figures see it.
-Stdlib only besides LiteLLM: this file is copied to the host as is.
-
-LiteLLM imports this file once per worker, at start, so it also carries three speed-ups of
-the pinned LiteLLM's request path (`apply_speedups`, below): same results, less CPU.
+Stdlib only besides LiteLLM, which is imported at the first request (so the pure parts import
+without it); this file is copied to the host as is, as /etc/llm-router/llm_router_auth.py. The
+names it shares with the deploy come from llm_router_names (hostfiles/router_names.py), which the
+router process finds in libexec, the directory of its main script (hostfiles/router_speedups.py).
+Importing this module changes nothing in LiteLLM: the speed-ups are the launcher's business.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import importlib
 import json
 import logging
 import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from fastapi import Request
-from litellm.proxy._types import LitellmUserRoles, ProxyErrorTypes, ProxyException, UserAPIKeyAuth
+if __package__:  # imported from this repository (hostfiles.router_auth)
+    from hostfiles import router_names as names
+else:  # loaded by LiteLLM on the server, by path
+    import llm_router_names as names  # type: ignore[import-not-found, no-redef]
 
-# Where the hashes are. Read directly (0640 root:llm-router), not as a systemd credential:
+if TYPE_CHECKING:
+    from fastapi import Request
+    from litellm.proxy._types import ProxyException, UserAPIKeyAuth
+
+# The hashes are read directly (0640 root:llm-router), not as a systemd credential:
 # credentials are copied once at start, so a rotation would need a restart.
-KEY_HASHES_FILE_ENV = "LLM_ROUTER_KEY_HASHES_FILE"
-DEFAULT_KEY_HASHES_FILE = "/etc/llm-router/client-keys.json"
-MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
 MASTER_ALIAS = "master"
 
 # Routes a client key may call: the model APIs Claude Code and OpenAI-compatible tools use.
@@ -108,7 +111,7 @@ def match_client(table: dict[str, tuple[str, ...]], presented_hash: str) -> str 
 
 
 def key_hashes_path() -> Path:
-    return Path(os.environ.get(KEY_HASHES_FILE_ENV) or DEFAULT_KEY_HASHES_FILE)
+    return Path(os.environ.get(names.KEY_HASHES_FILE_ENV) or names.KEY_HASHES_FILE)
 
 
 class KeyHashesFile:
@@ -149,6 +152,8 @@ _key_hashes = KeyHashesFile(key_hashes_path())
 
 
 def _unauthorized(message: str) -> ProxyException:
+    from litellm.proxy._types import ProxyErrorTypes, ProxyException
+
     return ProxyException(message=message, type=ProxyErrorTypes.auth_error, param="api_key", code=401)
 
 
@@ -164,10 +169,12 @@ def client_may_call(route: str) -> bool:
 
 async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
     """LiteLLM custom_auth entry point: `api_key` is the presented key, 'Bearer ' already stripped."""
+    from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth  # loaded already: a dict lookup
+
     route = _route(request)
     if not api_key:
         raise _unauthorized("Authentication Error: no API key given")
-    master_key = os.environ.get(MASTER_KEY_ENV, "")
+    master_key = os.environ.get(names.MASTER_KEY_ENV, "")
     if master_key and hmac.compare_digest(api_key.encode(), master_key.encode()):
         return UserAPIKeyAuth(
             api_key=api_key,
@@ -195,124 +202,3 @@ async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
         user_id=client,
         metadata={"client": client},
     )
-
-
-# --- speed-ups of LiteLLM's request path ------------------------------------------------
-# Measured with bench/router_local.py (py-spy on the worker). Each keeps LiteLLM's result
-# and only stops it from recomputing or retrying the same thing on every request.
-
-# LiteLLM's auth imports this module on every request to route OpenTelemetry spans; without
-# the opentelemetry SDK (not in the router's venv) the import fails, and Python searches
-# for and loads the module again each time (~0.5 ms). A None entry in sys.modules makes
-# the same import fail at once, with the same ImportError LiteLLM already catches.
-OTEL_LOGGER_MODULE = "litellm.integrations.otel.logger"
-
-
-def _fail_absent_import_fast(module: str) -> bool:
-    if module in sys.modules:
-        return False
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        sys.modules[module] = None  # type: ignore[assignment]
-        return True
-    return False
-
-
-def _cache_static_ollama_model_check() -> bool:
-    """OllamaModelInfo._is_static_ollama_model lower-cases every key of the cost map (4,000+)
-    on each call, several calls a request (~1.5 ms). The answer depends only on the model
-    name and the map's keys, so it is kept until the map changes (another object or size)."""
-    try:
-        import litellm
-        from litellm.llms.ollama.common_utils import OllamaModelInfo
-    except ImportError:
-        return False
-    original = OllamaModelInfo.__dict__.get("_is_static_ollama_model")
-    if not isinstance(original, staticmethod) or getattr(original.__func__, "_llm_router_cached", False):
-        return False
-    compute = original.__func__
-    answers: dict[tuple[str, int, int], bool] = {}
-
-    def is_static_ollama_model(model: str) -> bool:
-        cost_map: Any = litellm.model_cost
-        key = (model, id(cost_map), len(cost_map))
-        answer = answers.get(key)
-        if answer is None:
-            if len(answers) > 1024:  # names come from requests: bound the memory
-                answers.clear()
-            answer = answers[key] = compute(model)
-        return answer
-
-    is_static_ollama_model._llm_router_cached = True  # type: ignore[attr-defined]
-    OllamaModelInfo._is_static_ollama_model = staticmethod(is_static_ollama_model)  # type: ignore[method-assign]
-    return True
-
-
-def _hoistable(router: Any, ahead: list[Any], hot_paths: frozenset[str]) -> bool:
-    """An included router serving a hot path, whose every route has a fixed path that no
-    route ahead of it answers: moving it to the front cannot change which route wins."""
-    context = getattr(router, "include_context", None)
-    original = getattr(router, "original_router", None)
-    if context is None or original is None or getattr(context, "prefix", None) != "":
-        return False
-    routes = list(original.routes)
-    if not any(getattr(route, "path", None) in hot_paths for route in routes):
-        return False
-    from starlette.routing import Match
-
-    for route in routes:
-        path, methods = getattr(route, "path", None), getattr(route, "methods", None)
-        if not isinstance(path, str) or "{" in path or not methods:
-            return False
-        for method in methods:
-            scope = {"type": "http", "path": path, "method": method, "root_path": "", "headers": [],
-                     "query_string": b""}
-            if any(earlier.matches(dict(scope))[0] is Match.FULL for earlier in ahead):
-                return False
-    return True
-
-
-def _hot_included_routers_first() -> bool:
-    """LiteLLM scans its ~630 routes in order for every request and puts its hot paths
-    (/v1/messages, /v1/chat/completions...) first, but only plain routes: /v1/messages
-    arrives lazily, on the first request, as an included router, and is then matched last
-    (~2-3 ms a request). This also moves such a router to the front when `_hoistable`."""
-    try:
-        from litellm.proxy import _lazy_features, route_priority
-    except ImportError:
-        return False
-    original = getattr(_lazy_features, "hot_routes_first", None)
-    hot_paths = getattr(route_priority, "HOT_ROUTE_PATHS", None)
-    if original is None or hot_paths is None or getattr(original, "_llm_router_hoisting", False):
-        return False
-
-    def hot_routes_first(routes: Any) -> list[Any]:
-        ordered = list(original(routes))
-        try:
-            hoisted = [route for index, route in enumerate(ordered)
-                       if hasattr(route, "original_router") and _hoistable(route, ordered[:index], hot_paths)]
-        except Exception as err:  # noqa: BLE001 (a speed-up must never break routing)
-            _log.warning("route hoisting skipped: %s", err)
-            return ordered
-        if not hoisted:
-            return ordered
-        hoisted_ids = {id(route) for route in hoisted}
-        return hoisted + [route for route in ordered if id(route) not in hoisted_ids]
-
-    hot_routes_first._llm_router_hoisting = True  # type: ignore[attr-defined]
-    _lazy_features.hot_routes_first = hot_routes_first
-    return True
-
-
-def apply_speedups() -> dict[str, bool]:
-    """Install the speed-ups (each only where this LiteLLM has what it changes)."""
-    return {
-        "otel-import": _fail_absent_import_fast(OTEL_LOGGER_MODULE),
-        "ollama-static-model": _cache_static_ollama_model_check(),
-        "hot-routes": _hot_included_routers_first(),
-    }
-
-
-if os.environ.get("LLM_ROUTER_SPEEDUPS", "1") != "0":
-    _log.info("speed-ups: %s", " ".join(f"{name}={'on' if on else 'off'}" for name, on in apply_speedups().items()))
