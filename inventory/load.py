@@ -69,6 +69,7 @@ def load_inventory(path: Path | str, cache: bool = False) -> Inventory:
     inventory = _cached(cache_file, key) if cache_file else None
     if inventory is None:
         document = _parse_yaml(path, text)
+        _refuse_alias_expansion(path, document)
         try:
             inventory = Inventory.model_validate(_plain(document))
         except ValidationError as exc:
@@ -167,6 +168,57 @@ def _parse_yaml(path: Path, text: str) -> CommentedMap:
         raise InventoryError([Diagnostic(path, 1, 1, "", "the inventory must be a mapping with `hosts:` at the "
                                          "top level")])
     return document
+
+
+# A real inventory expands to a few hundred values; anchors and aliases that expand to far more are a
+# "billion laughs" document, which would take unbounded time and memory to turn into plain values.
+MAX_EXPANDED_VALUES = 100_000
+
+
+def _refuse_alias_expansion(path: Path, document: CommentedMap) -> None:
+    """Refuse a document whose aliases expand without bound, or refer to themselves, before expanding it.
+
+    ruamel builds each anchored value once and shares it wherever an alias names it, so the loaded
+    document is small; counting what each value expands to is linear in that shared graph.
+    """
+    expanded: dict[int, int] = {}
+    in_progress: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in expanded:
+            return expanded[key]
+        if key in in_progress:
+            raise InventoryError([_diagnostic_at(path, node, "a YAML alias refers to the value it is part of; "
+                                                 "anchors (&name) may only be used after their value ends")])
+        in_progress.add(key)
+        total = 1 + sum(size(child) for child in (node.values() if isinstance(node, dict) else node))
+        in_progress.discard(key)
+        expanded[key] = min(total, MAX_EXPANDED_VALUES + 1)  # capped: big numbers stay cheap
+        return expanded[key]
+
+    if size(document) <= MAX_EXPANDED_VALUES:
+        return
+    # Point at the innermost value that is still too large: where the aliases pile up.
+    node: Any = document
+    while True:
+        children = list(node.values() if isinstance(node, dict) else node)
+        largest = max(children, key=size, default=None)
+        if largest is None or size(largest) <= MAX_EXPANDED_VALUES:
+            break
+        node = largest
+    raise InventoryError([_diagnostic_at(path, node, f"YAML anchors and aliases here expand to more than "
+                                         f"{MAX_EXPANDED_VALUES:,} values (a \"billion laughs\" document); "
+                                         "write the values out instead of nesting aliases")])
+
+
+def _diagnostic_at(path: Path, node: Any, message: str) -> Diagnostic:
+    position = getattr(node, "lc", None)
+    line, column = (position.line + 1, position.col + 1) if position is not None and position.line is not None \
+        else (1, 1)
+    return Diagnostic(path, line, column, "", message)
 
 
 def _one_line(text: str) -> str:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -292,13 +293,22 @@ JUNK = st.sampled_from(["", ":", "- ", "\t", "  ", "{", "]", "null", "0.0.0.0", 
                         "&a", "*a", "!!binary x", "'", '"', "#", "~", "yes", "\x00", "é", "\n", "[]", "{}"])
 
 
+def alias_ladder(depth: int, width: int) -> list[str]:
+    """Top-level keys whose values alias the one before, `width` times each: width**depth values expanded."""
+    lines = ['l0: &l0 ["lol"]\n']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]\n" for i in range(1, depth + 1)]
+    return lines
+
+
 @st.composite
 def mutated(draw):
     lines = list(LINES)
     for _ in range(draw(st.integers(1, 4))):
         index = draw(st.integers(0, len(lines) - 1))
-        action = draw(st.sampled_from(["delete", "duplicate", "insert", "truncate", "swap"]))
-        if action == "delete" and len(lines) > 1:
+        action = draw(st.sampled_from(["delete", "duplicate", "insert", "truncate", "swap", "aliases"]))
+        if action == "aliases":
+            lines[index:index] = alias_ladder(draw(st.integers(1, 9)), draw(st.integers(1, 9)))
+        elif action == "delete" and len(lines) > 1:
             del lines[index]
         elif action == "duplicate":
             lines.insert(index, lines[index])
@@ -314,7 +324,8 @@ def mutated(draw):
     return "".join(lines)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# The deadline bounds each mutation's load: an alias ladder expanded naively takes minutes and gigabytes.
+@settings(max_examples=300, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=mutated())
 def test_mutations_load_or_raise_our_error(tmp_path, text):
     path = tmp_path / "mutated.yaml"
@@ -325,6 +336,39 @@ def test_mutations_load_or_raise_our_error(tmp_path, text):
         for diagnostic in exc.diagnostics:
             assert diagnostic.line >= 1 and diagnostic.column >= 1
             assert diagnostic.message
+
+
+BILLION_LAUGHS = """\
+# nine values, nine times nine, ... nine to the ninth
+hosts: {}
+""" + "".join(alias_ladder(9, 9))
+
+
+def test_a_billion_laughs_inventory_is_refused_at_its_line_without_expanding_it(tmp_path):
+    path = tmp_path / "laughs.yaml"
+    path.write_text(BILLION_LAUGHS)
+    # A child process with 1 GiB of address space and 60 s: an expansion would hit either bound.
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", limit + "from inventory.__main__ import main; "
+                           f"raise SystemExit(main(['check', {str(path)!r}]))"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    print(f"billion laughs refused in {time.perf_counter() - started:.2f} s (process start included)")
+    assert done.returncode == 1, done.stderr
+    # Each list counts itself: l0 expands to 2 values, l(n) to 1 + 9 * l(n-1); so l4 to 13,942 and l5
+    # (line 8, its value at column 5) to 125,479, the innermost value above 100,000.
+    assert done.stderr.startswith(f"{path}:8:5: error: YAML anchors and aliases here expand to more than 100,000")
+    assert "Traceback" not in done.stderr
+
+
+def test_an_alias_cycle_is_refused_not_followed(tmp_path):
+    from ruamel.yaml.comments import CommentedMap
+
+    from inventory.load import _refuse_alias_expansion
+    cycle = CommentedMap(name="x")
+    cycle["self"] = cycle  # ruamel does not build these today; the guard must not recurse if it ever does
+    with pytest.raises(InventoryError, match="refers to the value it is part of"):
+        _refuse_alias_expansion(tmp_path / "cycle.yaml", CommentedMap(hosts=cycle))
 
 
 def test_caddy_refuses_magicdns_names_it_would_not_serve_with_its_own_ca():
