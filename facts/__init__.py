@@ -9,5 +9,7 @@ exception.
 
 ``host_state.HostState`` runs many facts in one remote command: each is a
 ``sections.SectionFact`` (its command, and a parser that may read its exit status),
-framed by ``sections.framed`` and parsed from its own section.
+framed by ``sections.framed`` and parsed from its own section. A standalone fact
+whose command runs several probes (gpu, ollama, tailscale, firewall) frames each
+probe the same way and reads them back with ``sections.split_sections``.
 """

@@ -15,33 +15,6 @@ class JsonDataclass:
         return dataclasses.asdict(self)  # type: ignore[arg-type]  # subclasses are dataclasses
 
 
-# A fact command that runs several probes prints one of these before each probe's
-# output, so a single remote call can be split back into its parts.
-SECTION_PREFIX = "##section:"
-
-
-def section_marker(name: str) -> str:
-    """The shell ``echo`` argument that starts section ``name`` (single-quoted)."""
-    return f"'{SECTION_PREFIX}{name}'"
-
-
-def split_sections(lines: list[str]) -> dict[str, list[str]]:
-    """Group output lines under the last ``##section:NAME`` marker seen.
-
-    Lines before the first marker are dropped (they cannot be attributed to a
-    probe). A repeated section name appends to the earlier one.
-    """
-    sections: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in lines:
-        stripped = line.strip()
-        if stripped.startswith(SECTION_PREFIX):
-            current = sections.setdefault(stripped[len(SECTION_PREFIX) :].strip(), [])
-        elif current is not None:
-            current.append(line)
-    return sections
-
-
 def parse_json_lines(lines: list[str]) -> Any | None:
     """Decode JSON printed across ``lines``, tolerating noise before it.
 

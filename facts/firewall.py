@@ -12,6 +12,7 @@ from pyinfra.api import FactBase
 from typing_extensions import override
 
 from facts._util import JsonDataclass
+from facts.sections import framed, missing, split_sections
 
 
 @dataclass(frozen=True)
@@ -39,21 +40,20 @@ class NftRuleset(FactBase[dict | RulesetUnreadable | None]):
     @override
     def command(self) -> str:
         # nft -j prints iptables-nft's xt matches by name only; iptables-nft-save prints their options.
-        saves = " ".join(f"echo '{IPTABLES_MARKER}{family}'; {tool} 2>/dev/null;"
-                         for family, tool in (("ip", "iptables-nft-save"), ("ip6", "ip6tables-nft-save")))
-        return f"nft -j list ruleset && if command -v iptables-nft-save >/dev/null; then {saves} fi"
+        saves = " ".join(f"{framed(tool, tool)};" for tool in IPTABLES_SAVE_FAMILIES)
+        return (f"{framed(NFT, 'nft -j list ruleset')}; "
+                f"if command -v iptables-nft-save >/dev/null; then {saves} fi")
 
     @override
     def process(self, output: list[str]) -> dict | RulesetUnreadable | None:
-        json_lines: list[str] = []
-        saves: dict[str, list[str]] = {}
-        current = json_lines
-        for line in output:
-            if line.startswith(IPTABLES_MARKER):
-                current = saves.setdefault(line[len(IPTABLES_MARKER):].strip(), [])
-            else:
-                current.append(line)
-        text = "\n".join(json_lines).strip()
+        sections = split_sections(output)
+        nft = sections.get(NFT) or missing(NFT)
+        if nft.status is None:
+            return RulesetUnreadable(f"nft -j list ruleset: {nft.problem}") if output else None
+        text = nft.text.strip()
+        if not nft.ok:
+            printed = f": {text.splitlines()[0][:80]!r}" if text else ""
+            return RulesetUnreadable(f"nft -j list ruleset failed (exit status {nft.status}){printed}")
         if not text:
             return None
         try:
@@ -62,11 +62,15 @@ class NftRuleset(FactBase[dict | RulesetUnreadable | None]):
             return RulesetUnreadable(f"nft -j printed no JSON ({error}): {text.splitlines()[0][:80]!r}")
         if not isinstance(ruleset, dict) or not isinstance(ruleset.get("nftables"), list):
             return RulesetUnreadable(f"nft -j printed JSON without an nftables list: {text[:80]!r}")
+        saves = {family: sections[tool].text for tool, family in IPTABLES_SAVE_FAMILIES.items()
+                 if tool in sections and sections[tool].status is not None}
         if saves:
-            ruleset[IPTABLES_SAVE_KEY] = {family: "\n".join(lines) for family, lines in saves.items()}
+            ruleset[IPTABLES_SAVE_KEY] = saves
         return ruleset
 
 
-IPTABLES_MARKER = "#! iptables-nft-save "
+NFT = "nft"  # the section holding `nft -j list ruleset`
+# The sections holding iptables-nft-save's text, and the nft family each one describes.
+IPTABLES_SAVE_FAMILIES = {"iptables-nft-save": "ip", "ip6tables-nft-save": "ip6"}
 # Extra key in the fact's dict (beside "nftables"): iptables-nft-save text per family, if any.
 IPTABLES_SAVE_KEY = "iptables_nft_save"

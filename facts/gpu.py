@@ -1,9 +1,9 @@
 """GPU VRAM per device, from whichever source the host has.
 
 One command tries, in order: ``rocm-smi`` (JSON), ``amd-smi`` (JSON), ``nvidia-smi``
-(CSV) and finally amdgpu sysfs (``mem_info_vram_total``/``_used``). It prints a
-``##section:<source>`` marker before the output it kept, so the parser knows which
-format it is reading.
+(CSV) and finally amdgpu sysfs (``mem_info_vram_total``/``_used``). It prints the output
+it kept as a section named after its source (facts/sections.py), so the parser knows
+which format it is reading.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 from pyinfra.api import FactBase
 from typing_extensions import override
 
-from facts._util import JsonDataclass, parse_json_lines, section_marker, split_sections, to_int
+from facts._util import JsonDataclass, parse_json_lines, to_int
+from facts.sections import framed, missing, split_sections
 
 MIB = 1024 * 1024
 
@@ -207,20 +208,40 @@ def parse_sysfs(lines: list[str]) -> GpuInventory:
 
 
 def parse_gpu_output(lines: list[str]) -> GpuInventory:
-    """Dispatch on the section marker the command printed."""
+    """Dispatch on the section the command printed (the source that answered)."""
     sections = split_sections(lines)
-    if "rocm-smi" in sections:
-        return parse_rocm_smi(sections["rocm-smi"])
-    if "amd-smi-metric" in sections:
-        return parse_amd_smi(sections["amd-smi-metric"], sections.get("amd-smi-static", []))
-    if "nvidia-smi" in sections:
-        return parse_nvidia_smi(sections["nvidia-smi"])
-    if "sysfs" in sections:
-        return parse_sysfs(sections["sysfs"])
+    damaged = next((key for key in SOURCES if key in sections and sections[key].status is None), None)
+    if damaged:
+        return GpuInventory(None, (), f"{damaged}: {sections[damaged].problem}")
+    if ROCM_SMI in sections:
+        return parse_rocm_smi(list(sections[ROCM_SMI].lines))
+    if AMD_SMI_METRIC in sections:
+        static = sections.get(AMD_SMI_STATIC) or missing(AMD_SMI_STATIC)
+        return parse_amd_smi(list(sections[AMD_SMI_METRIC].lines), list(static.lines))
+    if NVIDIA_SMI in sections:
+        return parse_nvidia_smi(list(sections[NVIDIA_SMI].lines))
+    if SYSFS in sections:
+        return parse_sysfs(list(sections[SYSFS].lines))
     return GpuInventory(None, (), "unrecognised GPU probe output")
 
 
+# Section keys: the source whose output the command kept.
+ROCM_SMI, AMD_SMI_METRIC, AMD_SMI_STATIC, NVIDIA_SMI, SYSFS = (
+    "rocm-smi", "amd-smi-metric", "amd-smi-static", "nvidia-smi", "sysfs")
+SOURCES = (ROCM_SMI, AMD_SMI_METRIC, AMD_SMI_STATIC, NVIDIA_SMI, SYSFS)
 _NVIDIA_QUERY = "--query-gpu=index,name,memory.total,memory.used --format=csv,noheader,nounits"
+# A section holding the output the probe captured in $out, with the probe's exit status ($rc).
+_CAPTURED = 'printf \'%s\\n\' "$out"; exit "$rc"'
+
+_SYSFS_VRAM = (
+    "for card in /sys/class/drm/card[0-9]*; do"
+    ' case "${card##*/}" in *-*) continue;; esac;'  # skip connectors such as card0-DP-1
+    ' if [ -r "$card/device/mem_info_vram_total" ]; then'
+    ' echo "${card##*/} $(cat "$card/device/mem_info_vram_total")'
+    ' $(cat "$card/device/mem_info_vram_used" 2>/dev/null || echo -)'
+    ' $(cat "$card/device/product_name" 2>/dev/null)";'
+    " fi; done"
+)
 
 # Each probe only counts when its output looks like data (JSON with VRAM keys, CSV
 # rows), so an installed-but-broken tool falls through to the next source.
@@ -228,29 +249,18 @@ GPU_COMMAND = " ".join(
     [
         "found=;",
         "if command -v rocm-smi >/dev/null 2>&1; then",
-        "out=$(rocm-smi --showmeminfo vram --showproductname --json 2>/dev/null);",
-        f"case \"$out\" in *'Total Memory (B)'*) found=1; echo {section_marker('rocm-smi')};",
-        "printf '%s\\n' \"$out\";; esac; fi;",
+        "out=$(rocm-smi --showmeminfo vram --showproductname --json 2>/dev/null); rc=$?;",
+        f"case \"$out\" in *'Total Memory (B)'*) found=1; {framed(ROCM_SMI, _CAPTURED)};; esac; fi;",
         'if [ -z "$found" ] && command -v amd-smi >/dev/null 2>&1; then',
-        "out=$(amd-smi metric --mem-usage --json 2>/dev/null);",
-        f'case "$out" in *total_vram*) found=1; echo {section_marker("amd-smi-metric")};',
-        "printf '%s\\n' \"$out\";",
-        f"echo {section_marker('amd-smi-static')}; amd-smi static --asic --json 2>/dev/null;; esac; fi;",
+        "out=$(amd-smi metric --mem-usage --json 2>/dev/null); rc=$?;",
+        f'case "$out" in *total_vram*) found=1; {framed(AMD_SMI_METRIC, _CAPTURED)};',
+        f"{framed(AMD_SMI_STATIC, 'amd-smi static --asic --json')};; esac; fi;",
         'if [ -z "$found" ] && command -v nvidia-smi >/dev/null 2>&1; then',
-        f"out=$(nvidia-smi {_NVIDIA_QUERY} 2>/dev/null);",
-        f'case "$out" in [0-9]*,*) found=1; echo {section_marker("nvidia-smi")};',
-        "printf '%s\\n' \"$out\";; esac; fi;",
+        f"out=$(nvidia-smi {_NVIDIA_QUERY} 2>/dev/null); rc=$?;",
+        f'case "$out" in [0-9]*,*) found=1; {framed(NVIDIA_SMI, _CAPTURED)};; esac; fi;',
         'if [ -z "$found" ]; then',
-        f"echo {section_marker('sysfs')};",
-        "for card in /sys/class/drm/card[0-9]*; do",
-        'case "${card##*/}" in *-*) continue;; esac;',  # skip connectors such as card0-DP-1
-        'if [ -r "$card/device/mem_info_vram_total" ]; then',
-        (
-            'echo "${card##*/} $(cat "$card/device/mem_info_vram_total")'
-            ' $(cat "$card/device/mem_info_vram_used" 2>/dev/null || echo -)'
-            ' $(cat "$card/device/product_name" 2>/dev/null)";'
-        ),
-        "fi; done; fi",
+        f"{framed(SYSFS, _SYSFS_VRAM)};",
+        "fi",
     ]
 )
 

@@ -1,8 +1,8 @@
 """Ollama's version, installed models and loaded models, from its local HTTP API.
 
 One remote command fetches ``/api/version``, ``/api/tags`` and ``/api/ps`` (with
-curl, or python3's urllib when curl is absent) and prints each body after a
-``##section:<endpoint>`` marker.
+curl, or python3's urllib when curl is absent) and prints each body as a section
+named after its endpoint (facts/sections.py).
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from typing import Any
 from pyinfra.api import FactBase
 from typing_extensions import override
 
-from facts._util import JsonDataclass, parse_json_lines, section_marker, split_sections, to_int
+from facts._util import JsonDataclass, parse_json_lines, to_int
+from facts.sections import framed, split_sections
 
 DEFAULT_OLLAMA_ADDRESS = "127.0.0.1:11434"
 _ENDPOINTS = ("version", "tags", "ps")
+NO_FETCHER = "error"  # the section saying the host has no HTTP client
 
 
 @dataclass(frozen=True)
@@ -73,26 +75,33 @@ def _first_line(lines: list[str]) -> str:
 
 
 def parse_ollama_output(lines: list[str]) -> OllamaState:
-    """Build the state from the three tagged API responses.
+    """Build the state from the three API responses, one section each.
 
     Ollama counts as reachable when ``/api/version`` answered with JSON; a failing
     tags/ps endpoint is reported in ``reason`` and leaves its list empty.
     """
     sections = split_sections(lines)
-    if "error" in sections:
-        return OllamaState(False, None, (), (), _first_line(sections["error"]))
-    version_body = parse_json_lines(sections.get("version", []))
+
+    def body(endpoint: str) -> list[str]:
+        return list(sections[endpoint].lines) if endpoint in sections else []
+
+    def detail(endpoint: str) -> str:
+        damaged = sections[endpoint].problem if endpoint in sections else None
+        return damaged or _first_line(body(endpoint))
+
+    if NO_FETCHER in sections:
+        return OllamaState(False, None, (), (), detail(NO_FETCHER))
+    version_body = parse_json_lines(body("version"))
     if not isinstance(version_body, dict) or not isinstance(version_body.get("version"), str):
-        detail = _first_line(sections.get("version", []))
-        return OllamaState(False, None, (), (), f"/api/version did not answer with JSON: {detail}")
+        return OllamaState(False, None, (), (), f"/api/version did not answer with JSON: {detail('version')}")
 
     problems = []
-    tags = _models(parse_json_lines(sections.get("tags", [])))
+    tags = _models(parse_json_lines(body("tags")))
     if tags is None:
-        problems.append(f"/api/tags: {_first_line(sections.get('tags', []))}")
-    ps = _models(parse_json_lines(sections.get("ps", [])))
+        problems.append(f"/api/tags: {detail('tags')}")
+    ps = _models(parse_json_lines(body("ps")))
     if ps is None:
-        problems.append(f"/api/ps: {_first_line(sections.get('ps', []))}")
+        problems.append(f"/api/ps: {detail('ps')}")
 
     installed = tuple(
         InstalledModel(
@@ -136,18 +145,16 @@ _PYTHON_FETCH = (
 def ollama_command(address: str = DEFAULT_OLLAMA_ADDRESS) -> str:
     base = ollama_base_url(address)
     fetch_curl = 'curl -sS --connect-timeout 2 --max-time 5 "$url" 2>&1'
-    fetch_python = f'python3 -c {shlex.quote(_PYTHON_FETCH)} "$url" 2>&1'
+    fetch_python = 'python3 -c "$program" "$url" 2>&1'
+    fetch_body = f'if [ "$fetch" = curl ]; then {fetch_curl}; else {fetch_python}; fi'
+    no_fetcher = framed(NO_FETCHER, "echo 'neither curl nor python3 is installed'")
     parts = [
         "if command -v curl >/dev/null 2>&1; then fetch=curl;",
-        "elif command -v python3 >/dev/null 2>&1; then fetch=python3;",
-        f"else fetch=; echo {section_marker('error')}; echo 'neither curl nor python3 is installed'; fi;",
+        f"elif command -v python3 >/dev/null 2>&1; then fetch=python3; program={shlex.quote(_PYTHON_FETCH)};",
+        f"else fetch=; {no_fetcher}; fi;",
         'if [ -n "$fetch" ]; then',
-        f"for endpoint in {' '.join(_ENDPOINTS)}; do",
-        f"url={shlex.quote(base)}/api/$endpoint;",
-        "echo '##section:'\"$endpoint\";",
-        f'if [ "$fetch" = curl ]; then {fetch_curl}; else {fetch_python}; fi;',
-        "echo;",  # the API bodies have no trailing newline
-        "done; fi",
+        *(framed(endpoint, f"url={shlex.quote(base + '/api/' + endpoint)}; {fetch_body}") + ";" for endpoint in _ENDPOINTS),
+        "fi",
     ]
     return " ".join(parts)
 

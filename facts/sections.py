@@ -81,6 +81,11 @@ def missing(key: str) -> Section:
     return Section(None, problem=f"no section {key} in the output")
 
 
+def section(lines: list[str], key: str) -> Section:
+    """The section ``key`` of the output (a ``missing`` one when it is not there)."""
+    return split_sections(lines).get(key) or missing(key)
+
+
 class SectionFact(FactBase[T]):
     """A fact whose parser may also read its exit status, so HostState can run it inside its one
     command. Run alone by pyinfra (which only processes a command that succeeded), status is 0.

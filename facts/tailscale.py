@@ -1,8 +1,9 @@
 """Tailscale node status and ``tailscale serve`` configuration.
 
-Both commands print ``##section:absent`` themselves when the CLI is not installed
-(rather than relying on ``requires_command``), so the result can say *why* it is
-empty; a stopped daemon's error message is kept the same way (stderr is merged).
+Both commands print the CLI's output as one section (facts/sections.py) with its exit
+status, rather than relying on ``requires_command``, so the result can say *why* it is
+empty: status 127 (sh's "command not found") means the CLI is not installed, and a
+stopped daemon's error message is kept (stderr is merged).
 """
 
 from __future__ import annotations
@@ -13,24 +14,29 @@ from typing import Any
 from pyinfra.api import FactBase
 from typing_extensions import override
 
-from facts._util import SECTION_PREFIX, JsonDataclass, parse_json_lines, section_marker, to_int
-from facts.sections import SectionFact
+from facts._util import JsonDataclass, parse_json_lines, to_int
+from facts.sections import Section, SectionFact, framed, section
 
-_ABSENT_MARKER = f"{SECTION_PREFIX}absent"
+TAILSCALE = "tailscale"  # the section holding the CLI's output
+NOT_INSTALLED = "tailscale is not installed"
+_COMMAND_NOT_FOUND = 127  # POSIX sh's exit status for a command it cannot find
 
 
 def _tailscale_command(arguments: str) -> str:
-    return (
-        f"if command -v tailscale >/dev/null 2>&1; then tailscale {arguments} 2>&1 || true;"
-        f" else echo {section_marker('absent')}; fi"
-    )
+    return framed(TAILSCALE, f"tailscale {arguments} 2>&1")
+
+
+def _cli_output(output: list[str]) -> Section | str:
+    """The CLI's section of the command's output, or why there is none to parse."""
+    cli = section(output, TAILSCALE)
+    if cli.status == _COMMAND_NOT_FOUND:
+        return NOT_INSTALLED
+    return cli.problem or cli
 
 
 def _problem(lines: list[str]) -> str | None:
-    """Why the output is not usable: CLI absent, or the first line the CLI printed."""
+    """Why the CLI's output is not usable: the first line the CLI printed."""
     stripped = [line.strip() for line in lines if line.strip()]
-    if stripped == [_ABSENT_MARKER]:
-        return "tailscale is not installed"
     if not stripped:
         return "tailscale printed nothing"
     return "tailscale printed invalid JSON" if stripped[0].startswith(("{", "[")) else stripped[0]
@@ -57,8 +63,7 @@ def parse_tailscale_status(lines: list[str]) -> TailscaleNode:
     """Parse ``tailscale status --json`` (see ipnstate.Status)."""
     data = parse_json_lines(lines)
     if not isinstance(data, dict):
-        problem = _problem(lines)
-        return TailscaleNode(problem != "tailscale is not installed", None, None, (), None, problem)
+        return TailscaleNode(True, None, None, (), None, _problem(lines))
     me = data.get("Self") if isinstance(data.get("Self"), dict) else {}
     dns_name = me.get("DNSName")
     ips = data.get("TailscaleIPs") or me.get("TailscaleIPs")
@@ -132,8 +137,7 @@ def parse_tailscale_serve(lines: list[str]) -> TailscaleServe:
     if data is None and [line.strip() for line in lines if line.strip()] == ["null"]:
         return TailscaleServe(True, ())
     if not isinstance(data, dict):
-        problem = _problem(lines)
-        return TailscaleServe(problem != "tailscale is not installed", (), problem)
+        return TailscaleServe(True, (), _problem(lines))
     routes = _serve_config_routes(data)
     foreground = data.get("Foreground") if isinstance(data.get("Foreground"), dict) else {}
     for session in foreground.values():
@@ -168,7 +172,10 @@ class TailscaleStatus(FactBase[TailscaleNode]):
 
     @override
     def process(self, output: list[str]) -> TailscaleNode:
-        return parse_tailscale_status(output)
+        cli = _cli_output(output)
+        if isinstance(cli, str):
+            return TailscaleNode(cli != NOT_INSTALLED, None, None, (), None, cli)
+        return parse_tailscale_status(list(cli.lines))
 
 
 class TailscaleServeStatus(SectionFact[TailscaleServe]):
@@ -192,4 +199,7 @@ class TailscaleServeStatus(SectionFact[TailscaleServe]):
 
     @override
     def process(self, output: list[str]) -> TailscaleServe:
-        return parse_tailscale_serve(output)
+        cli = _cli_output(output)
+        if isinstance(cli, str):
+            return TailscaleServe(cli != NOT_INSTALLED, (), cli)
+        return parse_tailscale_serve(list(cli.lines))

@@ -11,10 +11,12 @@ from checks import core
 from checks.__main__ import duration_seconds, table
 from checks.observe import client_request_script
 from facts.files import PathState
+from facts.firewall import NFT as NFT_SECTION
 from facts.firewall import NftRuleset
 from facts.gpu import GpuDevice, GpuInventory
 from facts.host_state import Undeclared
 from facts.ollama import InstalledModel, LoadedModel, OllamaState
+from facts.sections import encode
 from facts.sockets import parse_ss_listeners
 from facts.tailscale import parse_tailscale_serve
 from inventory.load import load_inventory
@@ -69,7 +71,7 @@ def test_firewall_missing_ruleset_fails():
 
 
 def test_firewall_unreadable_ruleset_fails_with_the_facts_reason():
-    unreadable = NftRuleset().process(["Error: Could not process rule: Operation not permitted"])
+    unreadable = NftRuleset().process([encode(NFT_SECTION, 0, b"Error: Could not process rule: Operation not permitted\n")])
     result = core.check_firewall(P620, core.ServerFacts(ruleset=unreadable))[0]
     assert (result.status, result.observed) == ("FAIL", "unreadable nftables ruleset")
     assert "Operation not permitted" in result.reason

@@ -6,8 +6,13 @@ from pathlib import Path
 import pytest
 
 from facts.gpu import (
+    AMD_SMI_METRIC,
+    AMD_SMI_STATIC,
     GPU_COMMAND,
     MIB,
+    NVIDIA_SMI,
+    ROCM_SMI,
+    SYSFS,
     GpuVram,
     amd_smi_bytes,
     parse_amd_smi,
@@ -16,6 +21,7 @@ from facts.gpu import (
     parse_rocm_smi,
     parse_sysfs,
 )
+from facts.sections import encode, split_sections
 
 
 def test_rocm_smi_sorts_cards_and_skips_non_card_blocks():
@@ -95,10 +101,12 @@ def test_sysfs_keeps_product_name_with_spaces_and_missing_used():
     ]
 
 
-def test_dispatch_prefers_the_marked_source():
-    inventory = parse_gpu_output(["##section:nvidia-smi", "0, GPU, 1, 1"])
+def test_dispatch_reads_the_section_of_the_source_that_answered():
+    inventory = parse_gpu_output(["login banner", encode(NVIDIA_SMI, 0, b"0, GPU, 1, 1\n")])
     assert inventory.source == "nvidia-smi"
     assert parse_gpu_output([]).reason == "unrecognised GPU probe output"
+    cut = parse_gpu_output([encode(ROCM_SMI, 0, b'{"card0": {}}')[:-2]])
+    assert (cut.source, cut.devices) == (None, ()) and cut.reason.startswith("rocm-smi: ") and "base64" in cut.reason
 
 
 def test_fact_default_is_an_empty_inventory_with_reason():
@@ -151,6 +159,8 @@ def test_command_falls_through_a_broken_rocm_smi_to_amd_smi(tmp_path, no_real_gp
     inventory = parse_gpu_output(_run_gpu_command(tmp_path))
     assert inventory.source == "amd-smi"
     assert inventory.devices[0].total_bytes == 2 * MIB
+    sections = split_sections(_run_gpu_command(tmp_path))
+    assert list(sections) == [AMD_SMI_METRIC, AMD_SMI_STATIC] and sections[AMD_SMI_METRIC].ok
 
 
 def test_command_uses_nvidia_smi_when_amd_tools_are_absent(tmp_path, no_real_gpu_tools):
@@ -164,7 +174,7 @@ def test_command_uses_nvidia_smi_when_amd_tools_are_absent(tmp_path, no_real_gpu
 
 def test_command_without_tools_reports_sysfs_or_nothing(tmp_path, no_real_gpu_tools):
     lines = _run_gpu_command(tmp_path)
-    assert lines[0] == "##section:sysfs"
+    assert list(split_sections(lines)) == [SYSFS]
     inventory = parse_gpu_output(lines)
     has_amdgpu = any(Path("/sys/class/drm").glob("card*/device/mem_info_vram_total"))
     assert (inventory.source == "sysfs") == has_amdgpu

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from typing import ClassVar
 import pytest
 
 from facts.ollama import LoadedModel, ollama_base_url, ollama_command, parse_ollama_output
+from facts.sections import encode
 
 TAGS = {
     "models": [
@@ -50,23 +52,29 @@ def test_fully_on_gpu_needs_equal_sizes():
 
 def test_models_without_a_name_are_skipped_and_model_key_is_a_fallback():
     lines = [
-        "##section:version", '{"version": "0.12.6"}',
-        "##section:tags", json.dumps({"models": [{"size": 1}, {"model": "only-model-key:1b", "size": 2}]}),
-        "##section:ps", '{"models": []}',
-    ]  # fmt: skip
+        encode("version", 0, b'{"version": "0.12.6"}'),
+        encode("tags", 0, json.dumps({"models": [{"size": 1}, {"model": "only-model-key:1b", "size": 2}]}).encode()),
+        encode("ps", 0, b'{"models": []}'),
+    ]
     state = parse_ollama_output(lines)
     assert [model.name for model in state.installed] == ["only-model-key:1b"]
     assert state.reason is None
 
 
 def test_missing_sections_are_reported():
-    state = parse_ollama_output(["##section:version", '{"version": "0.12.6"}'])
+    state = parse_ollama_output([encode("version", 0, b'{"version": "0.12.6"}')])
     assert state.reachable
     assert state.reason == "/api/tags: no response; /api/ps: no response"
 
 
 def test_version_must_be_a_string():
-    assert not parse_ollama_output(["##section:version", '{"version": 12}']).reachable
+    assert not parse_ollama_output([encode("version", 0, b'{"version": 12}')]).reachable
+
+
+def test_a_damaged_section_is_reported():
+    cut = encode("tags", 0, b'{"models": []}')[:-3]
+    state = parse_ollama_output([encode("version", 0, b'{"version": "0.12.6"}'), cut, encode("ps", 0, b"{}")])
+    assert state.reachable and state.reason.startswith("/api/tags: its output is not valid base64")
 
 
 # --- the command, run locally against a fake Ollama on loopback -------------------------------
@@ -121,6 +129,7 @@ def test_command_reads_a_live_server(fake_ollama):
 def test_command_falls_back_to_python_without_curl(fake_ollama, tmp_path):
     # The real interpreter, not a wrapper script (pyenv shims need bash on PATH).
     (tmp_path / "python3").symlink_to(Path(sys.executable).resolve())
+    (tmp_path / "base64").symlink_to(shutil.which("base64"))
     _assert_fake_state(parse_ollama_output(_run(ollama_command(fake_ollama), path=str(tmp_path))))
 
 
@@ -134,5 +143,6 @@ def test_command_reports_a_down_server():
 
 
 def test_command_without_any_http_client(tmp_path):
+    (tmp_path / "base64").symlink_to(shutil.which("base64"))  # the framing's, not an HTTP client
     state = parse_ollama_output(_run(ollama_command(), path=str(tmp_path)))
     assert (state.reachable, state.reason) == (False, "neither curl nor python3 is installed")

@@ -1,8 +1,10 @@
 import json
+import shutil
 import stat
 import subprocess
 from pathlib import Path
 
+from facts.host_state import FactRequest, parse_state, state_command
 from facts.tailscale import (
     ServeRoute,
     TailscaleServe,
@@ -81,6 +83,8 @@ def test_status_with_wrong_types_does_not_raise():
 
 
 def _run(command: str, bin_dir: Path) -> list[str]:
+    if not (bin_dir / "base64").exists():
+        (bin_dir / "base64").symlink_to(shutil.which("base64"))  # the framing's (facts/sections.py)
     result = subprocess.run(
         ["/bin/sh", "-c", command], env={"PATH": str(bin_dir)}, capture_output=True, text=True, check=False
     )
@@ -96,22 +100,31 @@ def _fake_tailscale(bin_dir: Path, stdout: str, stderr: str = "", code: int = 0)
 
 def test_commands_without_tailscale(tmp_path):
     assert (
-        parse_tailscale_status(_run(TailscaleStatus().command(), tmp_path)).reason
+        TailscaleStatus().process(_run(TailscaleStatus().command(), tmp_path)).reason
         == "tailscale is not installed"
     )
-    serve = parse_tailscale_serve(_run(TailscaleServeStatus().command(), tmp_path))
+    serve = TailscaleServeStatus().process(_run(TailscaleServeStatus().command(), tmp_path))
     assert (serve.installed, serve.reason) == (False, "tailscale is not installed")
 
 
 def test_command_keeps_the_daemon_error_and_succeeds(tmp_path):
     _fake_tailscale(tmp_path, "", "failed to connect to local tailscaled", code=1)
-    node = parse_tailscale_status(_run(TailscaleStatus().command(), tmp_path))
+    node = TailscaleStatus().process(_run(TailscaleStatus().command(), tmp_path))
     assert (node.installed, node.reason) == (True, "failed to connect to local tailscaled")
 
 
 def test_serve_command_reads_the_cli_json(tmp_path):
     _fake_tailscale(tmp_path, json.dumps(SERVE))
-    serve = parse_tailscale_serve(_run(TailscaleServeStatus().command(), tmp_path))
+    serve = TailscaleServeStatus().process(_run(TailscaleServeStatus().command(), tmp_path))
     assert serve.routes[0] == ServeRoute(
         443, True, "p620.tail1234.ts.net", "/router", "http://127.0.0.1:4000", False
     )
+
+
+def test_serve_status_reads_the_same_inside_the_batched_state(tmp_path):
+    """HostState frames the fact's command (itself framed) in its own section."""
+    _fake_tailscale(tmp_path, json.dumps(SERVE))
+    snapshot = parse_state(_run(state_command(facts=(FactRequest.of(TailscaleServeStatus),)), tmp_path))
+    assert snapshot.get(TailscaleServeStatus) == TailscaleServeStatus().process(
+        _run(TailscaleServeStatus().command(), tmp_path))
+    assert snapshot.get(TailscaleServeStatus).routes[0].proxy == "http://127.0.0.1:4000"

@@ -1,13 +1,4 @@
-from facts._util import parse_json_lines, split_sections, to_int
-
-
-def test_split_sections_groups_lines_under_last_marker_and_drops_preamble():
-    lines = ["motd noise", "##section:a", "1", "2", "  ##section:b  ", "3", "##section:a", "4"]
-    assert split_sections(lines) == {"a": ["1", "2", "4"], "b": ["3"]}
-
-
-def test_split_sections_keeps_empty_sections():
-    assert split_sections(["##section:sysfs"]) == {"sysfs": []}
+from facts._util import parse_json_lines, to_int
 
 
 def test_parse_json_lines_skips_warnings_before_the_document():

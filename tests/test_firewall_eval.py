@@ -25,7 +25,8 @@ from checks.nft_eval import (
     tables,
     xt_match,
 )
-from facts.firewall import NftRuleset
+from facts.firewall import NFT, NftRuleset
+from facts.sections import encode
 from tests.fixtures.nft import netns_lab
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nft"
@@ -283,7 +284,7 @@ def test_wildcard_is_a_prefix_match(name):
 
 def test_fact_output_feeds_the_evaluator():
     fact = NftRuleset()
-    parsed = fact.process([json.dumps(ruleset("llm_router"))])
+    parsed = fact.process([encode(NFT, 0, json.dumps(ruleset("llm_router")).encode())])
     assert admitted_interfaces(parsed, 11434, INTERFACES).accepted == ["lo"]
 
 
@@ -368,17 +369,6 @@ def test_ufw_host_is_judged_with_certainty_from_iptables_nft_save_options(family
 def test_without_iptables_nft_save_the_ufw_xt_matches_stay_uncertain():
     rules = {key: value for key, value in lab_ruleset("ufw").items() if key != "iptables_nft_save"}
     assert admitted_interfaces(rules, 4000, ("enp1s0",)).uncertain == ["enp1s0"]
-
-
-def test_fact_splits_the_json_from_the_iptables_nft_save_sections():
-    fact = NftRuleset()
-    assert "iptables-nft-save" in fact.command() and fact.command().startswith("nft -j list ruleset && ")
-    saved = ["*filter", ":INPUT DROP [0:0]", "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-             "COMMIT"]
-    parsed = fact.process([json.dumps({"nftables": []}), "#! iptables-nft-save ip", *saved,
-                           "#! iptables-nft-save ip6"])
-    assert parsed == {"nftables": [], "iptables_nft_save": {"ip": "\n".join(saved), "ip6": ""}}
-    assert fact.process([]) is None
 
 
 @pytest.mark.parametrize("argv,expected", [
