@@ -5,6 +5,8 @@
 - The session fixture `lab` brings the lab up, or reuses one that is already running, and takes it down
   at the end if a fixture started it and no other pytest session still uses it (LAB_KEEP=1 keeps it up
   for a look afterwards).
+- With LAB_REQUIRED=1 (`./dev test`, CI) ANY skipped test fails the session: a test that skips because a
+  tool is missing proves nothing, and `./dev` installs every tool the suite needs.
 """
 
 from __future__ import annotations
@@ -43,6 +45,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         reason = _lab_unavailable_reason()
         if reason:
             _refuse(reason)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if os.environ.get("LAB_REQUIRED") == "1" and skipped:
+        reporter.ensure_newline()
+        for report in skipped:
+            reporter.write_line(f"LAB_REQUIRED=1: {report.nodeid} was skipped ({report.longrepr[-1]}): "
+                                "a skipped test fails the session here", red=True)
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @dataclass(frozen=True)
