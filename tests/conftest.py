@@ -141,6 +141,19 @@ class ApplyResult:
         success = match.group(2)
         return 0 if success == "-" else int(success)
 
+    @property
+    def errors(self) -> int:
+        """Operations that failed (pyinfra's "Error" column of the grand total)."""
+        match = _GRAND_TOTAL.search(self.output)
+        if match is None:
+            raise AssertionError("no pyinfra results table in:\n" + self.output[-3000:])
+        return 0 if match.group(3) == "-" else int(match.group(3))
+
+    @property
+    def converged(self) -> bool:
+        """A re-apply that found nothing to do: exit 0, no operation failed, none changed anything."""
+        return self.returncode == 0 and self.errors == 0 and self.changed == 0
+
 
 def run_apply(*args: str, inventory: Path = LAB_INVENTORY, timeout: float = 1200) -> ApplyResult:
     """`pyinfra -y inventory/hosts.py deploys/site.py` against an inventory, as a user runs it."""
