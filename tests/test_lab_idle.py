@@ -43,6 +43,10 @@ def checks(inventory: Path, out: Path, *args: str, timeout: float = 120) -> tupl
 
 
 def load_model() -> None:
+    deadline = time.monotonic() + 60  # the apply just restarted Ollama with the new keep_alive
+    while core.run("p620", ["curl", "-sS", "--fail", "http://127.0.0.1:11434/api/version"]).returncode != 0:
+        assert time.monotonic() < deadline, "Ollama did not answer within 60 s of the apply"
+        time.sleep(1)
     request = json.dumps({"model": MODEL, "prompt": "hello", "stream": False})
     answer = core.run("p620", ["curl", "-sS", "--fail", "http://127.0.0.1:11434/api/generate", "-d", request],
                       timeout=120)

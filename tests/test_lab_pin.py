@@ -47,15 +47,19 @@ def release_sums(directory: Path) -> dict[str, str]:
     return sums
 
 
-def zeroed_copy(tmp_path: Path, name: str) -> Path:
-    """The lab inventory (absolute paths already) with every archive hash replaced by the placeholder."""
+def lab_text(digest_as: str = "{digest}") -> str:
+    """The lab inventory (absolute paths already) with each archive hash written as `digest_as`."""
     text = LAB_INVENTORY.read_text()
-    pinned = dict(ollama_archives(load_inventory(LAB_INVENTORY).hosts["p620"].server.ollama))
-    for digest in pinned.values():
+    for digest in dict(ollama_archives(load_inventory(LAB_INVENTORY).hosts["p620"].server.ollama)).values():
         assert text.count(digest) == 1
-        text = text.replace(digest, PLACEHOLDER_SHA256)
+        text = text.replace(digest, digest_as.format(digest=digest))
+    return text
+
+
+def zeroed_copy(tmp_path: Path, name: str) -> Path:
+    """A copy with every archive hash the example inventory's quoted placeholder."""
     copy = tmp_path / name
-    copy.write_text(text)
+    copy.write_text(lab_text(f'"{PLACEHOLDER_SHA256}"'))
     return copy
 
 
@@ -111,7 +115,7 @@ def test_pin_from_the_lab_release_then_the_apply_converges(deployed, tmp_path, h
     assert done.returncode == 0, done.stderr
     pinned = dict(ollama_archives(load_inventory(zeroed).hosts["p620"].server.ollama))
     assert pinned == {name: published[name] for name in pinned}
-    assert zeroed.read_text() == LAB_INVENTORY.read_text()  # only the hash values changed, back to the pins
+    assert zeroed.read_text() == lab_text('"{digest}"')  # only the hash values changed, back to the pins
 
     url, lab_ca = https_release
     over_https = zeroed_copy(tmp_path, "https.yaml")
