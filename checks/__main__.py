@@ -91,11 +91,14 @@ def baseline(inv: Inventory) -> list[core.Result]:
             if model.name not in hosts:
                 continue
             gpu = fact(hosts[model.name], GpuVram)
-            used = [d.used_bytes or 0 for d in gpu.devices]
+            # Unknown stays null (unified memory prints [N/A]): idle then compares only measured devices.
+            used = [d.used_bytes for d in gpu.devices]
             (BASELINE_DIR / f"baseline-{model.name}.json").write_text(json.dumps({"used_bytes": used}))
-            results.append(core.Result(model.name, "baseline VRAM recorded", "-",
-                                       " ".join(f"{u / core.GB:.2f} GB" for u in used) or "no GPU visible",
-                                       "PASS" if used else "SKIP", "" if used else "no GPU visible"))
+            measured = any(u is not None for u in used)
+            shown = " ".join("unknown" if u is None else f"{u / core.GB:.2f} GB" for u in used)
+            reason = "" if measured else gpu.reason or ("VRAM use not reported" if used else "no GPU visible")
+            results.append(core.Result(model.name, "baseline VRAM recorded", "-", shown or "no GPU visible",
+                                       "PASS" if measured else "SKIP", reason))
     return results
 
 

@@ -18,7 +18,7 @@ from facts.host_state import Undeclared
 from facts.network import NetworkInterface
 from facts.ollama import OllamaState
 from facts.sockets import ListeningSocket, listeners_on_port
-from facts.tailscale import TailscaleServe, serve_route_for_path
+from facts.tailscale import TailscaleServe, serve_route_for_path, service_routes_for_path
 from facts.units import UnitState, unit_state
 from inventory.derive import router_interfaces, served_models
 from inventory.model import Host, Inventory
@@ -190,9 +190,16 @@ def check_publication(host: Host, facts: ServerFacts) -> list[Result]:
             observed = f"{route.path} -> {route.proxy}" if route else "no route"
             ok = route is not None and route.proxy in (f"http://localhost:{server.router.port}",
                                                        f"http://127.0.0.1:{server.router.port}")
-            results.append(_result(host.name, "tailscale serve", expected, observed, ok,
-                                   f"the {serve.path} mapping is missing: systemctl restart "
-                                   "llm-router-tailscale-serve (or re-apply)"))
+            fix = "systemctl restart llm-router-tailscale-serve (or re-apply)"
+            reason = f"the {serve.path} mapping is missing: {fix}"
+            if route is None and facts.serve.services:
+                # tailscale 1.92 can hold only Tailscale Services: say what is served, and where.
+                elsewhere = service_routes_for_path(facts.serve, serve.path, serve.https_port)
+                observed = "; ".join(f"{r.service}: https://{r.host}{r.path} -> {r.proxy}" for r in elsewhere) \
+                    or f"no route; only Tailscale Services: {', '.join(facts.serve.services)}"
+                reason = (f"{serve.path} is not served on this node's name "
+                          f"({host.network.tailnet_dns_name or 'its tailnet name'}), which the clients use: {fix}")
+            results.append(_result(host.name, "tailscale serve", expected, observed, ok, reason))
     if server.exposure.caddy.enabled:
         results.append(_result(host.name, "caddy serves the router", "HTTP 401 without a key",
                                str(facts.caddy_answer), facts.caddy_answer == 401,
@@ -212,6 +219,8 @@ def check_vram_fit(inv: Inventory, host: Host, facts: ServerFacts) -> Result:
     if facts.gpu is None or not facts.gpu.devices:
         reason = facts.gpu.reason if facts.gpu and facts.gpu.reason else "no GPU visible"
         return _skip(host.name, check, expected, f"{reason} (no GPU tool or amdgpu sysfs on this host)")
+    if facts.gpu.total_bytes is None:  # unified memory (GB10): unknown, never judged as 0 GB
+        return _skip(host.name, check, expected, facts.gpu.reason or "the GPU tool reports no VRAM total")
     total_gb = facts.gpu.total_bytes / GB
     ok = need + server.vram_headroom_gb <= total_gb
     return _result(host.name, check, expected, f"{total_gb:.1f} GB total", ok,
@@ -245,24 +254,39 @@ def check_models_installed(host: Host, facts: ServerFacts) -> Result:
                    f"not pulled yet: {', '.join(missing)}; see systemctl status ollama-model-loader")
 
 
-def check_idle(host: Host, facts: ServerFacts, baseline_used: list[int] | None, tolerance_bytes: int) -> list[Result]:
+def check_idle(host: Host, facts: ServerFacts, baseline_used: list[int | None] | None,
+               tolerance_bytes: int) -> list[Result]:
+    """Idle means no model loaded (Ollama's /api/ps) and, where VRAM is measured, VRAM back to the
+    baseline; only devices measured both times are compared."""
     results = []
+    check = "idle: VRAM back to baseline"
     if facts.ollama is not None and facts.ollama.reachable:
         loaded = ", ".join(m.name for m in facts.ollama.loaded) or "none"
         results.append(_result(host.name, "idle: no model loaded", "none", loaded, not facts.ollama.loaded,
                                "a model is still loaded after keep_alive: check OLLAMA_KEEP_ALIVE and "
                                "clients holding it with keep_alive -1"))
-    if baseline_used is None:
-        results.append(_skip(host.name, "idle: VRAM back to baseline", "baseline",
-                             "no baseline recorded: run `python -m checks baseline` first"))
-    elif facts.gpu is None or not facts.gpu.devices:
-        results.append(_skip(host.name, "idle: VRAM back to baseline", "baseline", "no GPU visible"))
     else:
-        used = [d.used_bytes or 0 for d in facts.gpu.devices]
-        ok = len(used) == len(baseline_used) and all(u <= b + tolerance_bytes for u, b in zip(used, baseline_used))
-        results.append(_result(host.name, "idle: VRAM back to baseline",
-                               " ".join(f"{b / GB:.2f}" for b in baseline_used) + " GB",
-                               " ".join(f"{u / GB:.2f}" for u in used) + " GB", ok,
+        results.append(_result(host.name, "idle: no model loaded", "none", "Ollama unreachable", False,
+                               "Ollama does not answer on loopback: systemctl status ollama"))
+    used = [d.used_bytes for d in facts.gpu.devices] if facts.gpu is not None else []
+    pairs = [(u, b) for u, b in zip(used, baseline_used or []) if u is not None and b is not None]
+    if baseline_used is None:
+        results.append(_skip(host.name, check, "baseline",
+                             "no baseline recorded: run `python -m checks baseline` first"))
+    elif not used:
+        reason = facts.gpu.reason if facts.gpu is not None and facts.gpu.reason else "no GPU visible"
+        results.append(_skip(host.name, check, "baseline", f"{reason}: idle judged by the loaded models only"))
+    elif len(used) != len(baseline_used):
+        results.append(_result(host.name, check, f"{len(baseline_used)} GPUs", f"{len(used)} GPUs", False,
+                               "the GPUs differ from the baseline's: record it again with `python -m checks "
+                               "baseline`"))
+    elif not pairs:
+        reason = facts.gpu.reason if facts.gpu is not None and facts.gpu.reason else "VRAM use not reported"
+        results.append(_skip(host.name, check, "baseline", f"{reason}: idle judged by the loaded models only"))
+    else:
+        ok = all(u <= b + tolerance_bytes for u, b in pairs)
+        results.append(_result(host.name, check, " ".join(f"{b / GB:.2f}" for _, b in pairs) + " GB",
+                               " ".join(f"{u / GB:.2f}" for u, _ in pairs) + " GB", ok,
                                "VRAM is still in use after keep_alive: `ollama ps`, or another process"))
     return results
 

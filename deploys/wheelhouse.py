@@ -19,8 +19,9 @@ the same way, from the wheelhouse only (the runtime tests use it).
 Relaxed requirements: litellm 1.103.11 and later (every 1.104-1.109 release)
 require `certifi>=2026.10.19`, which the package index does not have; certifi is
 only Mozilla's CA bundle, so the newest available one is locked instead, and the
-lock says so. 1.109.x also needs `litellm-proxy-extras==0.4.113`, which the index
-does not have either: 1.108.7 is the newest release whose closure resolves here.
+lock says so. 1.108.8-1.108.14 need `litellm-enterprise==0.1.79.post2` (1.108.13 and .14 also
+`litellm-proxy-extras==0.4.110.post1`) and 1.109.x `litellm-proxy-extras==0.4.113`, none of which
+the index has (measured 2026-12-01): 1.108.7 is the newest release whose closure resolves here.
 1.107.0 was a compromised release (supply-chain attack) and is refused.
 """
 

@@ -52,8 +52,15 @@ class GpuInventory(JsonDataclass):
     reason: str | None = None
 
     @property
-    def total_bytes(self) -> int:
-        return sum(device.total_bytes or 0 for device in self.devices)
+    def total_bytes(self) -> int | None:
+        """Summed VRAM; None when no device or any device's total is unknown (never counted as 0)."""
+        totals = [device.total_bytes for device in self.devices]
+        return None if not totals or None in totals else sum(t for t in totals if t is not None)
+
+    @property
+    def unmeasured(self) -> tuple[GpuDevice, ...]:
+        """Devices whose total VRAM the tool did not report (unified memory: NVIDIA GB10 prints [N/A])."""
+        return tuple(device for device in self.devices if device.total_bytes is None)
 
 
 def _rocm_smi_value(card: dict[str, Any], *suffixes: str) -> Any:
@@ -177,7 +184,17 @@ def parse_nvidia_smi(lines: list[str]) -> GpuInventory:
                 source="nvidia-smi",
             )
         )
-    return GpuInventory("nvidia-smi", tuple(devices), None if devices else "nvidia-smi listed no GPUs")
+    if not devices:
+        return GpuInventory("nvidia-smi", (), "nvidia-smi listed no GPUs")
+    unknown = [device for device in devices if device.total_bytes is None]
+    # Unified-memory GPUs (DGX Spark / GB10) share system RAM: nvidia-smi prints [N/A] for memory.*.
+    reason = (f"nvidia-smi prints [N/A] for memory.total of GPU {', '.join(_described(d) for d in unknown)}: "
+              "VRAM unknown (unified memory shared with the system, as on a DGX Spark/GB10)") if unknown else None
+    return GpuInventory("nvidia-smi", tuple(devices), reason)
+
+
+def _described(device: GpuDevice) -> str:
+    return f"{device.index} ({device.name})" if device.name else str(device.index)
 
 
 def parse_sysfs(lines: list[str]) -> GpuInventory:

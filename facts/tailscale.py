@@ -82,7 +82,8 @@ def parse_tailscale_status(lines: list[str]) -> TailscaleNode:
 class ServeRoute(JsonDataclass):
     """One ``tailscale serve`` web handler: ``https://host:port/path`` -> ``proxy``.
 
-    ``proxy`` is None for handlers that serve a directory or text instead."""
+    ``proxy`` is None for handlers that serve a directory or text instead; ``service`` names the
+    Tailscale Service (``svc:name``) the route belongs to, None for the node's own name."""
 
     port: int
     https: bool
@@ -90,21 +91,30 @@ class ServeRoute(JsonDataclass):
     path: str
     proxy: str | None
     funnel: bool
+    service: str | None = None
 
 
 @dataclass(frozen=True)
 class TailscaleServe(JsonDataclass):
+    """``services``: every Tailscale Service configured here (``svc:name``), web routes or not."""
+
     installed: bool
     routes: tuple[ServeRoute, ...]
     reason: str | None = None
+    services: tuple[str, ...] = ()
 
 
-def _serve_config_routes(config: dict[str, Any]) -> list[ServeRoute]:
-    """Routes of one ipn.ServeConfig: ``TCP`` says which ports speak HTTPS, ``Web``
-    holds the handlers per ``host:port``, ``AllowFunnel`` the public ones."""
-    tcp = config.get("TCP") if isinstance(config.get("TCP"), dict) else {}
-    web = config.get("Web") if isinstance(config.get("Web"), dict) else {}
-    funnel = config.get("AllowFunnel") if isinstance(config.get("AllowFunnel"), dict) else {}
+def _mapping(config: dict[str, Any], key: str) -> dict[str, Any]:
+    value = config.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _serve_config_routes(config: dict[str, Any], service: str | None = None,
+                         funnel: dict[str, Any] | None = None) -> list[ServeRoute]:
+    """Routes of one ipn.ServeConfig (or one of its ServiceConfigs): ``TCP`` says which ports
+    speak HTTPS, ``Web`` holds the handlers per ``host:port``, ``AllowFunnel`` the public ones."""
+    tcp, web = _mapping(config, "TCP"), _mapping(config, "Web")
+    funnel = _mapping(config, "AllowFunnel") if funnel is None else funnel
     routes = []
     for host_port, site in web.items():
         host, _, port_text = str(host_port).rpartition(":")
@@ -122,6 +132,7 @@ def _serve_config_routes(config: dict[str, Any]) -> list[ServeRoute]:
                     path=str(path),
                     proxy=proxy if isinstance(proxy, str) else None,
                     funnel=funnel.get(host_port) is True,
+                    service=service,
                 )
             )
     return routes
@@ -131,7 +142,9 @@ def parse_tailscale_serve(lines: list[str]) -> TailscaleServe:
     """Parse ``tailscale serve status --json``.
 
     An empty configuration prints ``{}`` or, on some versions, ``null``. Foreground
-    sessions (``tailscale serve`` without ``--bg``) are nested under ``Foreground``.
+    sessions (``tailscale serve`` without ``--bg``) are nested under ``Foreground``;
+    Tailscale Services (``tailscale serve --service=svc:name``, 1.86+) under ``Services``, which
+    can be the only key (1.92).
     """
     data = parse_json_lines(lines)
     if data is None and [line.strip() for line in lines if line.strip()] == ["null"]:
@@ -139,16 +152,28 @@ def parse_tailscale_serve(lines: list[str]) -> TailscaleServe:
     if not isinstance(data, dict):
         return TailscaleServe(True, (), _problem(lines))
     routes = _serve_config_routes(data)
-    foreground = data.get("Foreground") if isinstance(data.get("Foreground"), dict) else {}
-    for session in foreground.values():
+    for session in _mapping(data, "Foreground").values():
         if isinstance(session, dict):
             routes.extend(_serve_config_routes(session))
-    return TailscaleServe(True, tuple(routes))
+    services = _mapping(data, "Services")
+    for name, config in services.items():
+        if isinstance(config, dict):
+            routes.extend(_serve_config_routes(config, str(name), _mapping(data, "AllowFunnel")))
+    return TailscaleServe(True, tuple(routes), services=tuple(str(name) for name in services))
 
 
-def serve_route_for_path(serve: TailscaleServe, path: str, port: int = 443) -> ServeRoute | None:
-    """The route serving ``path`` on ``port`` (the router's ``/router`` on 443)."""
-    return next((route for route in serve.routes if route.path == path and route.port == port), None)
+def serve_route_for_path(serve: TailscaleServe, path: str, port: int = 443,
+                         service: str | None = None) -> ServeRoute | None:
+    """The route serving ``path`` on ``port`` (the router's ``/router`` on 443) on the node's own
+    name, or of Tailscale Service ``service``."""
+    return next((route for route in serve.routes
+                 if route.path == path and route.port == port and route.service == service), None)
+
+
+def service_routes_for_path(serve: TailscaleServe, path: str, port: int = 443) -> tuple[ServeRoute, ...]:
+    """Routes of any Tailscale Service serving ``path`` on ``port``."""
+    return tuple(route for route in serve.routes
+                 if route.service is not None and route.path == path and route.port == port)
 
 
 class TailscaleStatus(FactBase[TailscaleNode]):

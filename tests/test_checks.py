@@ -13,7 +13,7 @@ from checks.observe import client_request_script
 from facts.files import PathState
 from facts.firewall import NFT as NFT_SECTION
 from facts.firewall import NftRuleset
-from facts.gpu import GpuDevice, GpuInventory
+from facts.gpu import GpuDevice, GpuInventory, parse_nvidia_smi
 from facts.host_state import Undeclared
 from facts.ollama import InstalledModel, LoadedModel, OllamaState
 from facts.sections import encode
@@ -93,6 +93,26 @@ def test_tailscale_serve_check():
     assert result.status == "FAIL" and "mapping is missing" in result.reason
 
 
+def test_tailscale_serve_check_reads_a_services_only_config():
+    """tailscale 1.92 may print only a Services map: the check names what it serves, not "no route"."""
+    services = parse_tailscale_serve([json.dumps({"Services": {"svc:llm-router": {
+        "TCP": {"443": {"HTTPS": True}},
+        "Web": {"llm-router.tail1234.ts.net:443": {"Handlers": {"/router": {"Proxy": "http://127.0.0.1:4000"}}}}}}})])
+    result = core.check_publication(P620, core.ServerFacts(serve=services))[0]
+    assert result.status == "FAIL"  # the clients use the node's name, which serves nothing
+    assert result.observed == "svc:llm-router: https://llm-router.tail1234.ts.net/router -> http://127.0.0.1:4000"
+    assert f"not served on this node's name ({P620.network.tailnet_dns_name})" in result.reason
+    tcp_only = parse_tailscale_serve([json.dumps({"Services": {"svc:ascii-chat": {
+        "TCP": {"27224": {"TCPForward": "localhost:27224"}}}}})])
+    result = core.check_publication(P620, core.ServerFacts(serve=tcp_only))[0]
+    assert result.observed == "no route; only Tailscale Services: svc:ascii-chat"
+    # Both: the node's own mapping decides.
+    both = parse_tailscale_serve([json.dumps({"TCP": {"443": {"HTTPS": True}}, "Web": {
+        "p620.tail1234.ts.net:443": {"Handlers": {"/router": {"Proxy": "http://127.0.0.1:4000"}}}},
+        "Services": {"svc:other": {"TCP": {"443": {"HTTPS": True}}}}})])
+    assert core.check_publication(P620, core.ServerFacts(serve=both))[0].status == "PASS"
+
+
 def test_vram_fit():
     big = GpuInventory("rocm-smi", (GpuDevice(0, "RX 7900 XTX", 24 * 10**9, 10**9, "rocm-smi"),))
     small = GpuInventory("rocm-smi", (GpuDevice(0, "RX 7600", 8 * 10**9, 10**9, "rocm-smi"),))
@@ -131,6 +151,38 @@ def test_idle_against_baseline():
     assert [r.status for r in busy] == ["FAIL", "FAIL"]
     no_baseline = core.check_idle(P620, core.ServerFacts(ollama=ollama(), gpu=gpu), None, 0)
     assert no_baseline[1].status == "SKIP" and "baseline" in no_baseline[1].reason
+
+
+
+# nvidia-smi on a DGX Spark (GB10, unified memory): tests/facts/gpu.GpuVram/nvidia_smi_gb10_unified_memory.json
+GB10 = parse_nvidia_smi(["0, NVIDIA GB10, [N/A], [N/A]"])
+
+
+def test_vram_fit_skips_unified_memory_instead_of_judging_0_gb():
+    result = core.check_vram_fit(INV, P620, core.ServerFacts(gpu=GB10))
+    assert result.status == "SKIP" and result.observed == "-"
+    assert "[N/A]" in result.reason and "NVIDIA GB10" in result.reason
+    # One unknown device makes the whole total unknown: a sum would undercount it.
+    mixed = GpuInventory("nvidia-smi", (GpuDevice(0, "RTX 4090", 24 * 10**9, 0, "nvidia-smi"), *GB10.devices))
+    assert mixed.total_bytes is None
+    assert core.check_vram_fit(INV, P620, core.ServerFacts(gpu=mixed)).status == "SKIP"
+
+
+def test_idle_compares_only_measured_vram():
+    idle_gb10 = core.check_idle(P620, core.ServerFacts(ollama=ollama(), gpu=GB10), [None], 0)
+    assert [r.status for r in idle_gb10] == ["PASS", "SKIP"]
+    assert "[N/A]" in idle_gb10[1].reason and "loaded models only" in idle_gb10[1].reason
+    busy_gb10 = core.check_idle(P620, core.ServerFacts(ollama=ollama([LoadedModel("qwen3.6:27b", 1, 1, None, None)]),
+                                                       gpu=GB10), [None], 0)
+    assert [r.status for r in busy_gb10] == ["FAIL", "SKIP"] and "still loaded" in busy_gb10[0].reason
+    # Two GPUs, the second unmeasured: only the first is compared, at its own figure.
+    two = GpuInventory("nvidia-smi", (GpuDevice(0, "RTX 4090", 24 * GIB, 3 * GIB, "nvidia-smi"), *GB10.devices))
+    over = core.check_idle(P620, core.ServerFacts(ollama=ollama(), gpu=two), [1 * GIB, None], 512 * 1024**2)
+    assert over[1].status == "FAIL" and over[1].observed == f"{3 * GIB / core.GB:.2f} GB"
+    back = core.check_idle(P620, core.ServerFacts(ollama=ollama(), gpu=two), [3 * GIB, None], 0)
+    assert back[1].status == "PASS"
+    unreachable = core.check_idle(P620, core.ServerFacts(ollama=OllamaState(False, None, (), ()), gpu=GB10), [None], 0)
+    assert unreachable[0].status == "FAIL" and "does not answer" in unreachable[0].reason
 
 
 def test_units():

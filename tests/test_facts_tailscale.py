@@ -13,6 +13,7 @@ from facts.tailscale import (
     parse_tailscale_serve,
     parse_tailscale_status,
     serve_route_for_path,
+    service_routes_for_path,
 )
 
 SERVE = {
@@ -38,6 +39,16 @@ def test_serve_route_for_path_matches_port_and_path():
     assert serve_route_for_path(serve, "/router", port=80).proxy == "http://127.0.0.1:4001"
     assert serve_route_for_path(serve, "/other") is None
     assert serve_route_for_path(TailscaleServe(True, ()), "/router") is None
+
+
+def test_a_service_route_is_not_the_nodes_route():
+    """The deploy maps /router on the node's name: a Tailscale Service serving it does not count."""
+    serve = parse_tailscale_serve([json.dumps({"Services": {"svc:llm-router": {
+        "TCP": {"443": {"HTTPS": True}},
+        "Web": {"llm-router.tail1234.ts.net:443": {"Handlers": {"/router": {"Proxy": "http://127.0.0.1:4000"}}}}}}})])
+    assert serve_route_for_path(serve, "/router") is None
+    assert serve_route_for_path(serve, "/router", service="svc:llm-router").host == "llm-router.tail1234.ts.net"
+    assert [route.service for route in service_routes_for_path(serve, "/router")] == ["svc:llm-router"]
 
 
 def test_serve_garbage_is_reported_not_raised():

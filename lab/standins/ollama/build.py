@@ -24,12 +24,13 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from inventory.pin import SUMS_FILE  # the release's sums file: one name, the one `inventory pin` reads
+
 from .models import DEFAULT_VERSION
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MAIN_TARBALL = "ollama-linux-amd64.tar.zst"
 ROCM_TARBALL = "ollama-linux-amd64-rocm.tar.zst"
-SUMS_FILE = "sha256sum.txt"
 # 2025-12-01T00:00:00Z: every entry gets this mtime so the bytes never depend on the build time.
 FIXED_MTIME = 1764547200
 IMPLEMENTATION_FILES = ("__init__.py", "models.py", "replies.py", "server.py", "cli.py", "catalogue.json")
