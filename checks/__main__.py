@@ -1,8 +1,9 @@
-"""`python -m checks [baseline|idle] [--json FILE]`: is the deployment what the inventory says?
+"""`python -m checks [baseline|idle|preflight] [--json FILE]`: is the deployment what the inventory says?
 
 Without a verb: every acceptance check, one table, exit 1 on any FAIL.
 `baseline` records idle VRAM per server; `idle` waits until keep_alive plus the
-inventory's margin has passed and confirms VRAM is back to that baseline.
+inventory's margin has passed and confirms VRAM is back to that baseline. `preflight` compares each
+host with the inventory as the apply does before its first change.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from checks import core
 from checks.observe import REPO, connected, fact, observe_client, observe_server, probe
+from checks.preflight import preflight_results
 from deploys import client as client_deploy
 from deploys import keys
 from deploys.router import MASTER_KEY_FILE
@@ -74,7 +76,7 @@ def all_checks(inv: Inventory) -> list[core.Result]:
             results.append(core.check_models_installed(model, facts))
             results.append(core.check_vram_fit(inv, model, facts))
             results.append(core.check_gpu_offload(model, facts))
-            results += core.check_units(model, facts.units, units)
+            results += core.check_units(model, facts.units, units, facts.uptime_s)
             results.append(core.check_file_mode(model, facts.paths, MASTER_KEY_FILE, "600", "root", "root",
                                                 "master key"))
             results.append(core.check_file_mode(model, facts.paths, keys.KEY_HASHES_FILE, keys.KEY_HASHES_MODE,
@@ -143,13 +145,14 @@ def table(results: list[core.Result]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m checks", description=__doc__)
-    parser.add_argument("verb", nargs="?", choices=["all", "baseline", "idle"], default="all")
+    parser.add_argument("verb", nargs="?", choices=["all", "baseline", "idle", "preflight"], default="all")
     parser.add_argument("--inventory", type=Path, default=None, help="default: $LLM_ROUTER_INVENTORY")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--max-wait", type=float, default=900, help="idle: longest wait in seconds")
     args = parser.parse_args(argv)
+    path = args.inventory or inventory_path_from_env()
     try:
-        inv = load_inventory(args.inventory or inventory_path_from_env())
+        inv = load_inventory(path)
     except InventoryError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -157,12 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         results = baseline(inv)
     elif args.verb == "idle":
         results = idle(inv, args.max_wait)
+    elif args.verb == "preflight":
+        results = preflight_results(inv, path)
     else:
         results = all_checks(inv)
     print(table(results))
     failed = sum(r.status == "FAIL" for r in results)
     print(f"\n{len(results)} checks: {sum(r.status == 'PASS' for r in results)} PASS, {failed} FAIL, "
-          f"{sum(r.status == 'SKIP' for r in results)} SKIP")
+          f"{sum(r.status == 'SKIP' for r in results)} SKIP"
+          + (f", {starting} STARTING" if (starting := sum(r.status == 'STARTING' for r in results)) else ""))
     if args.json:
         args.json.write_text(json.dumps([r.as_dict() for r in results], indent=2))
     return core.summary_exit_code(results)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from checks.nft_eval import admitted_interfaces
+from deploys.router import UNIT as ROUTER_UNIT
 from facts.files import PathState
 from facts.firewall import RulesetUnreadable
 from facts.gpu import GpuInventory
@@ -23,8 +24,9 @@ from facts.units import UnitState, unit_state
 from inventory.derive import router_interfaces, served_models
 from inventory.model import Host, Inventory
 
-Status = Literal["PASS", "FAIL", "SKIP"]
+Status = Literal["PASS", "FAIL", "SKIP", "STARTING"]
 GB = 1_000_000_000
+ROUTER_STARTUP_S = 180  # a router that does not listen this long after its start has failed to start
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class ServerFacts:
     paths: dict[str, PathState] = field(default_factory=dict)
     security_exposure: float | None = None
     caddy_answer: int | None = None  # HTTP status through Caddy, when Caddy is chosen
+    uptime_s: float | None = None  # the host's clock for how long a unit has been starting
 
 
 @dataclass
@@ -106,6 +109,12 @@ def check_router_bind(host: Host, facts: ServerFacts) -> Result:
         ok = any(s.is_wildcard for s in found)
     else:
         ok = any(ipaddress.ip_address(s.address) == bind for s in found if not s.is_wildcard)
+    # The router's unit is active as soon as its process runs (Type=exec); it listens some 30 s later.
+    unit = unit_state(facts.units, ROUTER_UNIT)
+    seconds = unit.starting_for_s(facts.uptime_s) if unit is not None and unit.is_running else None
+    if not found and seconds is not None and seconds < ROUTER_STARTUP_S:
+        return Result(host.name, "router listens", expected, f"not yet, started {seconds:.0f} s ago", "STARTING",
+                      f"the router is still starting ({seconds:.0f} s): run the checks again shortly")
     return _result(host.name, "router listens", expected, _addresses(found), ok,
                    "the router is not listening where the inventory says: systemctl status llm-router; "
                    "journalctl -u llm-router")
@@ -294,13 +303,23 @@ def check_idle(host: Host, facts: ServerFacts, baseline_used: list[int | None] |
 # --- services, files ----------------------------------------------------------------
 
 
-def check_units(host: Host, facts_units: dict[str, UnitState], names: list[str]) -> list[Result]:
+def check_units(host: Host, facts_units: dict[str, UnitState], names: list[str],
+                uptime_s: float | None = None) -> list[Result]:
+    """Each unit enabled and active; one still starting (right after a boot) is STARTING, not FAIL."""
     results = []
     for name in names:
         unit = unit_state(facts_units, name)
+        check = f"{name} enabled and active"
         observed = f"{unit.active_state or ''}/{unit.unit_file_state or ''}" if unit else "not found"
+        if unit is not None and unit.is_starting and unit.is_enabled:
+            seconds = unit.starting_for_s(uptime_s)
+            since = f"for {seconds:.0f} s" if seconds is not None else "for an unknown time"
+            results.append(Result(host.name, check, "active/enabled", f"{observed} {since}", "STARTING",
+                                  f"still starting ({since}): run the checks again shortly; "
+                                  f"journalctl -u {name} if it stays so"))
+            continue
         ok = unit is not None and unit.is_active and unit.is_enabled
-        results.append(_result(host.name, f"{name} enabled and active", "active/enabled", observed, ok,
+        results.append(_result(host.name, check, "active/enabled", observed, ok,
                                f"systemctl status {name}; journalctl -u {name}"))
     return results
 

@@ -23,10 +23,11 @@ from deploys import client as client_deploy
 from deploys.nodelay import set_nodelay
 from facts.firewall import NftRuleset
 from facts.gpu import GpuVram
-from facts.host_state import HostState
+from facts.host_state import FactRequest, HostState
 from facts.network import NetworkInterfaces
 from facts.ollama import OllamaStatus
 from facts.sockets import ListeningSockets
+from facts.system import Uptime
 from facts.tailscale import TailscaleServeStatus
 from inventory.derive import router_route
 from inventory.hosts import pyinfra_host_data
@@ -86,7 +87,7 @@ def observe_server(host: PyinfraHost, model: Host, paths: list[str], units: list
     assert server is not None
     if warm:
         warm_up(host, model)
-    state = fact(host, HostState, paths=tuple(paths), units=tuple(units))
+    state = fact(host, HostState, paths=tuple(paths), units=tuple(units), facts=(FactRequest.of(Uptime),))
     facts = ServerFacts(
         sockets=fact(host, ListeningSockets),
         interfaces=fact(host, NetworkInterfaces),
@@ -97,6 +98,7 @@ def observe_server(host: PyinfraHost, model: Host, paths: list[str], units: list
         units=state.units,
         paths=state.paths,
         security_exposure=security_exposure(host, "llm-router.service"),
+        uptime_s=state.get(Uptime),
     )
     if server.exposure.caddy.enabled and server.exposure.caddy.site_names:
         caddy = server.exposure.caddy

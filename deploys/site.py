@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pyinfra import host
 
-from deploys import gc_freeze, keys, op_order, ops
+from deploys import gc_freeze, keys, op_order, ops, preflight
 from deploys.components import components_for
 from deploys.nodelay import set_nodelay
 from inventory.model import Host, Inventory
@@ -25,11 +25,14 @@ gc_freeze.install()  # the collector stops rescanning what lives until exit anyw
 components = components_for(this_host)
 for component in components:
     component.declare(inventory, this_host)
+ops.declare(facts=(preflight.request(this_host),))  # read in the same one command as the state
 
 # Read the state now, while pyinfra loads this file for all hosts at once: the hosts' state commands
 # overlap. With -y pyinfra evaluates operations only as it executes them, so a host whose first
 # operation comes late would otherwise read its state after the others, one round trip later.
 ops.snapshot()
+# Before the first operation: a host that is not what the inventory says ends the apply here, unchanged.
+preflight.refuse_if_wrong(inventory, this_host, ops.snapshot().value(preflight.request(this_host)))
 
 for component in components:
     component.deploy(inventory, this_host)

@@ -50,3 +50,21 @@ class OnlineCpus(SectionFact[CpuCount]):
         if count is None or count < 1:
             return CpuCount(None, f"getconf printed {section.text[:40]!r}, not a CPU count")
         return CpuCount(count)
+
+
+class Uptime(SectionFact[float | None]):
+    """Seconds since boot (/proc/uptime): the host's clock for systemd's *TimestampMonotonic values
+    (CLOCK_MONOTONIC, which stands still while the host is suspended; /proc/uptime does not), None
+    when unreadable."""
+
+    @override
+    def command(self) -> str:
+        return "cat /proc/uptime"
+
+    @override
+    def process_section(self, section: Section) -> float | None:
+        words = section.text.split()
+        try:
+            return float(words[0]) if section.ok and words else None
+        except ValueError:
+            return None

@@ -20,6 +20,7 @@ UNIT_PROPERTIES = (
     "UnitFileState",
     "ExecMainStatus",
     "FragmentPath",
+    "InactiveExitTimestampMonotonic",
 )
 # `systemctl enable` has nothing to do: linked, no [Install] section, or made by a generator.
 # ("indirect", "alias" and "enabled-runtime" are left out: `systemctl enable` still changes those.)
@@ -44,6 +45,8 @@ class UnitState(JsonDataclass):
     unit_file_state: str | None
     exec_main_status: int | None
     fragment_path: str | None
+    # CLOCK_MONOTONIC microseconds when the unit last left "inactive" (began starting); None if never.
+    started_monotonic_us: int | None = None
 
     @property
     def exists(self) -> bool:
@@ -72,6 +75,17 @@ class UnitState(JsonDataclass):
     @property
     def has_failed(self) -> bool:
         return self.active_state == "failed"
+
+    @property
+    def is_starting(self) -> bool:
+        """On its way up for the first time (not waiting to restart after a failure)."""
+        return self.active_state == "activating" and self.sub_state != "auto-restart"
+
+    def starting_for_s(self, now_monotonic_s: float | None) -> float | None:
+        """Seconds since it began starting, given the host's monotonic clock; None when unknown."""
+        if not self.started_monotonic_us or now_monotonic_s is None:
+            return None
+        return max(0.0, now_monotonic_s - self.started_monotonic_us / 1_000_000)
 
 
 def parse_unit_blocks(lines: Iterable[str]) -> dict[str, UnitState]:
@@ -103,6 +117,7 @@ def parse_unit_blocks(lines: Iterable[str]) -> dict[str, UnitState]:
             unit_file_state=block.get("UnitFileState") or None,
             exec_main_status=to_int(block.get("ExecMainStatus")),
             fragment_path=block.get("FragmentPath") or None,
+            started_monotonic_us=to_int(block.get("InactiveExitTimestampMonotonic")) or None,
         )
     return units
 

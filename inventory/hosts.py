@@ -13,7 +13,7 @@ import pyinfra
 
 from inventory.load import InventoryError, inventory_path_from_env, load_inventory
 from inventory.model import Host, Inventory
-from inventory.pin import refuse_placeholders
+from inventory.workstation import refuse_before_connecting
 
 
 def pyinfra_host_data(inv: Inventory, host: Host) -> dict:
@@ -44,7 +44,7 @@ def pyinfra_groups(inv: Inventory) -> dict[str, list[tuple[str, dict]]]:
 try:
     _inventory = load_inventory(inventory_path_from_env(), cache=True)
     if pyinfra.is_cli:  # pyinfra loads this file before it connects; importers (checks) only read the model
-        refuse_placeholders(_inventory, inventory_path_from_env())
+        refuse_before_connecting(_inventory, inventory_path_from_env())
 except InventoryError as _error:
     # pyinfra would print a traceback; the diagnostics say everything needed.
     print(_error, file=sys.stderr)

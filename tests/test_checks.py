@@ -194,9 +194,22 @@ def test_units():
     names = ["ollama.service", "llm-router.service", "missing.service", "static.service", "starting.service",
              "gone.service"]
     results = core.check_units(P620, units, names)
-    assert [r.status for r in results] == ["PASS", "FAIL", "FAIL", "PASS", "FAIL", "FAIL"]
+    assert [r.status for r in results] == ["PASS", "FAIL", "FAIL", "PASS", "STARTING", "FAIL"]
     assert [r.observed for r in results] == ["active/enabled", "inactive/enabled", "not found", "active/static",
-                                             "activating/enabled", "inactive/"]
+                                             "activating/enabled for an unknown time", "inactive/"]
+
+
+def test_a_unit_still_starting_says_for_how_long_and_a_restart_loop_fails():
+    from dataclasses import replace
+    starting = replace(unit("llm-router.service", "activating", "enabled"), sub_state="start",
+                       started_monotonic_us=100_000_000)
+    looping = replace(unit("ollama.service", "activating", "enabled"), sub_state="auto-restart",
+                      started_monotonic_us=100_000_000)
+    results = core.check_units(P620, {u.id: u for u in (starting, looping)}, ["llm-router.service",
+                                                                           "ollama.service"], uptime_s=130.4)
+    assert (results[0].status, results[0].observed) == ("STARTING", "activating/enabled for 30 s")
+    assert "still starting (for 30 s)" in results[0].reason
+    assert results[1].status == "FAIL"
 
 
 def test_file_modes():
@@ -246,3 +259,13 @@ def test_exit_code_and_table():
 @pytest.mark.parametrize("text,seconds", [("5m", 300), ("30s", 30), ("1h", 3600), ("0", 0), ("-1", -1)])
 def test_duration_seconds(text, seconds):
     assert duration_seconds(text) == seconds
+
+
+def test_a_router_started_moments_ago_and_not_listening_yet_is_starting_later_it_fails():
+    from dataclasses import replace
+    router = replace(unit("llm-router.service", "active", "enabled"), started_monotonic_us=1_000_000_000)
+    facts = core.ServerFacts(sockets=ss(), units={router.id: router}, uptime_s=1_012.0)
+    starting = core.check_router_bind(P620, facts)
+    assert (starting.status, starting.observed) == ("STARTING", "not yet, started 12 s ago")
+    facts.uptime_s = 1_000.0 + core.ROUTER_STARTUP_S + 1
+    assert core.check_router_bind(P620, facts).status == "FAIL"

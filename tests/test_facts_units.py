@@ -17,6 +17,7 @@ ActiveState=activating
 SubState=auto-restart
 FragmentPath=/etc/systemd/system/litellm.service
 UnitFileState=disabled
+InactiveExitTimestampMonotonic=12500000
 
 ExecMainStatus=0
 Id=gone.service
@@ -55,3 +56,11 @@ def test_command_quotes_unit_names_and_supports_user_mode():
     command = UnitStates().command(units=["a.service", "we ird.service"], user_mode=True).get_raw_value()
     assert command.startswith("systemctl --user show -p Id,Names,LoadState,")
     assert "-- a.service 'we ird.service' 2>&1 || true" in command
+
+
+def test_when_a_unit_began_starting_and_whether_it_is_starting_or_restarting():
+    states = parse_unit_blocks(BLOCKS)
+    litellm = states["litellm.service"]
+    assert litellm.started_monotonic_us == 12_500_000 and states["ssh.service"].started_monotonic_us is None
+    assert litellm.starting_for_s(42.5) == 30.0 and litellm.starting_for_s(None) is None
+    assert not litellm.is_starting  # auto-restart: waiting to restart after a failure
