@@ -19,11 +19,12 @@ from pyinfra.api import FileUploadCommand, deploy, operation
 import hostfiles
 from deploys import keys, ops
 from deploys.exposure import CADDY_ROOT_CA, caddy_root_ca_copy
+from deploys.router_config import catalogue_entry
 from deploys.secrets import read_secret
 from facts.files import JsonKeyEquals
 from facts.host_state import FactRequest
 from hostfiles import claude_router
-from inventory.derive import exact_aliases, router_route
+from inventory.derive import exact_aliases, resolve_alias, router_route
 from inventory.model import ClientUser, Host, Inventory
 
 PROGRAM = claude_router.PROGRAM_FILE
@@ -47,13 +48,23 @@ def client_config(inv: Inventory, host_model: Host) -> dict:
     server = inv.hosts[host_model.client.router].server
     assert server is not None
     names = exact_aliases(server)
-    small = next((n for n in names if "haiku" in n), host_model.client.default_model)
+    default = host_model.client.default_model
+
+    def slot(family: str) -> str:
+        # The inventory's own alias for a Claude Code slot (claude-opus-4-6), else the default model.
+        return next((n for n in names if family in n), default)
+
     route = router_route(inv, host_model)
     config = {
         "router_url": route.url,
-        "default_model": host_model.client.default_model,
+        "default_model": default,
         "models": names,
-        "small_fast_model": small,
+        "small_fast_model": slot("haiku"),
+        "opus_model": slot("opus"),
+        "sonnet_model": slot("sonnet"),
+        "context_tokens": {
+            name: catalogue_entry(inv, server, resolve_alias(server, name) or name).context_length for name in names
+        },
         "key_file": KEY_FILE,
         "anthropic_key_file": ANTHROPIC_KEY_FILE,
         "extra_router_urls": [],

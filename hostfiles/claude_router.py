@@ -18,6 +18,9 @@ Install contract (what deploys/client.py installs and writes)
         "default_model": "claude-sonnet-4-6",            # alias the router serves
         "models": ["claude-sonnet-4-6", "..."],          # allowed --model aliases ([] = any)
         "small_fast_model": "claude-haiku-4-5",          # optional, default: default_model
+        "opus_model": "claude-opus-4-6",                 # optional slots, default: the chosen model
+        "sonnet_model": "claude-sonnet-4-6",
+        "context_tokens": {"claude-sonnet-4-6": 65536},  # optional: each alias's model context
         "key_file": "~/.config/claude-router/key",       # per-user router key (0600), "~" = the user
         "anthropic_key_file": null,                      # optional: "~/.config/anthropic/key"
         "anthropic_key_command": null,                   # optional argv list, stdout = Anthropic key
@@ -93,6 +96,10 @@ class RouterConfig:
     default_model: str
     models: tuple[str, ...] = ()
     small_fast_model: str | None = None
+    opus_model: str | None = None
+    sonnet_model: str | None = None
+    # The context (tokens) of the model behind each alias: use-ollama sizes the session to it.
+    context_tokens: tuple[tuple[str, int], ...] = ()
     key_file: str = DEFAULT_KEY_FILE
     anthropic_key_file: str | None = None
     anthropic_key_command: tuple[str, ...] | None = None
@@ -136,6 +143,11 @@ def parse_config(raw: Any, path: str) -> RouterConfig:
     traffic = raw.get("disable_nonessential_traffic", True)
     if not isinstance(traffic, bool):
         raise RouterError(f"{path}: 'disable_nonessential_traffic' must be true or false")
+    contexts = raw.get("context_tokens") or {}
+    if not isinstance(contexts, dict) or not all(
+        isinstance(k, str) and type(v) is int and v > 0 for k, v in contexts.items()
+    ):
+        raise RouterError(f"{path}: 'context_tokens' must map aliases to positive token counts")
     key_command = string_list("anthropic_key_command")
     if key_command == ():
         raise RouterError(f"{path}: 'anthropic_key_command' must not be empty")
@@ -144,6 +156,9 @@ def parse_config(raw: Any, path: str) -> RouterConfig:
         default_model=string("default_model", True) or "",
         models=string_list("models") or (),
         small_fast_model=string("small_fast_model", False),
+        opus_model=string("opus_model", False),
+        sonnet_model=string("sonnet_model", False),
+        context_tokens=tuple(sorted(contexts.items())),
         key_file=string("key_file", False) or RouterConfig.key_file,
         anthropic_key_file=string("anthropic_key_file", False),
         anthropic_key_command=key_command,
@@ -185,20 +200,101 @@ def is_router_url(url: str | None, config: RouterConfig) -> bool:
     return normalize_url(url) in {normalize_url(known) for known in config.router_urls}
 
 
+# Claude Code 2.1.330, measured against a recording endpoint (tests/test_lab_claude_session.py):
+# - it compacts when a request's prompt would pass CLAUDE_AUTOCOMPACT_PCT_OVERRIDE percent of
+#   (CLAUDE_CODE_AUTO_COMPACT_WINDOW - min(CLAUDE_CODE_MAX_OUTPUT_TOKENS, 20000)), counting from the
+#   usage the backend reported last; it checks between the steps of a turn too;
+# - it raises CLAUDE_CODE_AUTO_COMPACT_WINDOW below 100,000 to 100,000 (a note on stderr), and a name
+#   it does not know (qwen3.6) gets a 1M window, a claude-* name 200k: the window is pinned instead;
+# - the first system block, "x-anthropic-billing-header: cc_version=...", changes within a session
+#   (it hashes the first prompt, which compaction replaces): CLAUDE_CODE_ATTRIBUTION_HEADER=0 drops
+#   it, so the prompt's prefix, and the backend's cache of it, survives.
+AUTO_COMPACT_WINDOW_MIN = 100_000
+OUTPUT_RESERVE_CAP = 20_000  # Claude Code reserves min(max output, this) of the window for the answer
+OUTPUT_CAP_MAX = 32_000  # Claude Code's own cap for a 200k model
+# A cold start: the model read from disk (20 GB at ~150 MB/s) and a full prompt evaluated.
+COLD_LOAD_TIMEOUT_MS = 900_000
+BASH_CHARS_PER_TOKEN = 3  # code and logs tokenize at about 3 characters a token
+
+
+@dataclass(frozen=True)
+class SessionSizing:
+    """How use-ollama keeps a Claude Code session inside a model's context (tokens).
+
+    The prompt may use ``context - output``: the rest is the answer's. Compaction starts a
+    ``step`` below that, room for one step's tool results (each capped at half a step) or the
+    summary request that compaction sends with the whole conversation.
+    """
+
+    context: int
+
+    @property
+    def output(self) -> int:
+        return min(OUTPUT_CAP_MAX, self.context // 8)
+
+    @property
+    def step(self) -> int:
+        return self.context // 4
+
+    @property
+    def window(self) -> int:
+        return max(self.context, AUTO_COMPACT_WINDOW_MIN)
+
+    @property
+    def compact_percent(self) -> int:
+        usable = self.window - min(self.output, OUTPUT_RESERVE_CAP)
+        return (self.context - self.output - self.step) * 100 // usable
+
+    @property
+    def compact_at(self) -> int:
+        """The prompt size (tokens) at which Claude Code compacts with these settings."""
+        return self.compact_percent * (self.window - min(self.output, OUTPUT_RESERVE_CAP)) // 100
+
+    @property
+    def tool_result_tokens(self) -> int:
+        return self.step // 2
+
+    def env(self) -> dict[str, str]:
+        return {
+            "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(self.output),
+            "CLAUDE_CODE_AUTO_COMPACT_WINDOW": str(self.window),
+            "CLAUDE_AUTOCOMPACT_PCT_OVERRIDE": str(self.compact_percent),
+            "CLAUDE_CODE_FILE_READ_MAX_OUTPUT_TOKENS": str(self.tool_result_tokens),
+            "MAX_MCP_OUTPUT_TOKENS": str(self.tool_result_tokens),
+            "BASH_MAX_OUTPUT_LENGTH": str(self.tool_result_tokens * BASH_CHARS_PER_TOKEN),
+        }
+
+
+def model_slots(config: RouterConfig, model: str) -> dict[str, str]:
+    """Claude Code's model slots -> the alias each asks the router for."""
+    return {
+        "ANTHROPIC_MODEL": model,
+        "ANTHROPIC_DEFAULT_OPUS_MODEL": config.opus_model or model,
+        "ANTHROPIC_DEFAULT_SONNET_MODEL": config.sonnet_model or model,
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": config.small_fast_model or config.default_model,
+        "CLAUDE_CODE_SUBAGENT_MODEL": model,
+    }
+
+
+def session_sizing(config: RouterConfig, model: str) -> SessionSizing | None:
+    """Sized to the smallest context behind any slot (a session switches slots with /model)."""
+    contexts = dict(config.context_tokens)
+    known = [contexts[alias] for alias in set(model_slots(config, model).values()) if alias in contexts]
+    return SessionSizing(min(known)) if known else None
+
+
 def router_override(config: RouterConfig, model: str) -> dict[str, dict[str, Any]]:
     """The keys use-ollama writes: {"top": {key: value}, "env": {key: value}}.
 
     Every model slot points at an alias the router serves, so /model, subagents and the background
     (haiku-class) model never ask the router for a model name it does not know.
     """
-    small_fast = config.small_fast_model or config.default_model
-    env: dict[str, Any] = {
-        "ANTHROPIC_BASE_URL": config.router_url,
-        "ANTHROPIC_MODEL": model,
-        "ANTHROPIC_DEFAULT_OPUS_MODEL": model,
-        "ANTHROPIC_DEFAULT_SONNET_MODEL": model,
-        "ANTHROPIC_DEFAULT_HAIKU_MODEL": small_fast,
-    }
+    env: dict[str, Any] = {"ANTHROPIC_BASE_URL": config.router_url, **model_slots(config, model)}
+    sizing = session_sizing(config, model)
+    if sizing is not None:
+        env.update(sizing.env())
+    env["API_TIMEOUT_MS"] = str(COLD_LOAD_TIMEOUT_MS)
+    env["CLAUDE_CODE_ATTRIBUTION_HEADER"] = "0"
     if config.disable_nonessential_traffic:
         # A repository on the private router should not phone home for telemetry/updates.
         env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] = "1"
@@ -622,6 +718,15 @@ def command_use_claude(environ: dict[str, str]) -> int:
     return 0
 
 
+# The settings use-ollama writes that decide where a session goes and how big it grows.
+STATUS_ENV = (
+    "ANTHROPIC_DEFAULT_OPUS_MODEL", "ANTHROPIC_DEFAULT_SONNET_MODEL", "ANTHROPIC_DEFAULT_HAIKU_MODEL",
+    "CLAUDE_CODE_SUBAGENT_MODEL", "CLAUDE_CODE_MAX_OUTPUT_TOKENS", "CLAUDE_CODE_AUTO_COMPACT_WINDOW",
+    "CLAUDE_AUTOCOMPACT_PCT_OVERRIDE", "CLAUDE_CODE_FILE_READ_MAX_OUTPUT_TOKENS", "MAX_MCP_OUTPUT_TOKENS",
+    "BASH_MAX_OUTPUT_LENGTH", "API_TIMEOUT_MS", "CLAUDE_CODE_ATTRIBUTION_HEADER",
+)
+
+
 def describe(repo: Repository, config: RouterConfig | None, environ: dict[str, str]) -> list[str]:
     home = home_dir(environ)
     base_url, source = effective_env(repo.root, home, environ, "ANTHROPIC_BASE_URL")
@@ -649,9 +754,23 @@ def describe(repo: Repository, config: RouterConfig | None, environ: dict[str, s
         f"url: {base_url or CLOUD_BASE_URL}",
         f"model: {model or 'Claude Code default'}" + (f" ({model_source})" if model else ""),
     ]
+    for name in STATUS_ENV:
+        value, value_source = effective_env(repo.root, home, environ, name)
+        if value is not None:
+            lines.append(f"{name}: {value} ({value_source})")
+    percent, _ = effective_env(repo.root, home, environ, "CLAUDE_AUTOCOMPACT_PCT_OVERRIDE")
+    window, _ = effective_env(repo.root, home, environ, "CLAUDE_CODE_AUTO_COMPACT_WINDOW")
+    output, _ = effective_env(repo.root, home, environ, "CLAUDE_CODE_MAX_OUTPUT_TOKENS")
+    if percent and window and output and percent.isdigit() and window.isdigit() and output.isdigit():
+        usable = int(window) - min(int(output), OUTPUT_RESERVE_CAP)
+        lines.append(f"compacts at: {int(percent) * usable // 100} tokens of prompt")
     if config is None:
         lines.append("config: missing")
         return lines
+    if on_router and model:
+        sizing = session_sizing(config, model)
+        if sizing is not None:
+            lines.append(f"model context: {sizing.context} tokens (smallest behind the slots)")
     key_path = expand_user(config.key_file, environ)
     lines.append(f"router key: {key_path} ({'present' if key_path.is_file() else 'missing'})")
     if config.anthropic_key_command:

@@ -16,6 +16,14 @@ class NoRoute(ValueError):
     """A client cannot reach its router the way the inventory says."""
 
 
+# The least context a model behind a claude-* alias may run with. Claude Code 2.1.330 sends ~20k
+# tokens of system prompt and tools before the first word of a conversation; claude-router
+# (hostfiles/claude_router.py, SessionSizing) makes it compact at 62% of the context, keeping an
+# eighth for the answer and a quarter for one step's tool results. At 64k that leaves ~20k tokens
+# of conversation between compactions; below it a session would compact again and again.
+CLAUDE_CODE_MIN_CONTEXT = 65536
+
+
 def served_models(server: Server) -> list[str]:
     """Models the server pulls, persistent first, in inventory order."""
     return [*server.ollama.persistent_models, *server.ollama.on_demand_models]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inventory.derive import (
+    CLAUDE_CODE_MIN_CONTEXT,
     NoRoute,
     exact_aliases,
     largest_resident_set,
@@ -70,6 +71,14 @@ def _alias_targets(inv: Inventory, host: Host, server: Server) -> Iterator[Probl
             yield Problem(loc, f"alias {alias!r} is used by Claude Code, which always sends tools, "
                                f"but {target!r} lacks the 'tools' capability; point it at a model "
                                "with tools")
+        elif alias.startswith("claude-") and spec and spec.context_length < CLAUDE_CODE_MIN_CONTEXT:
+            yield Problem(loc, f"alias {alias!r} is used by Claude Code, whose sessions need a context of at "
+                               f"least {CLAUDE_CODE_MIN_CONTEXT} tokens (its system prompt and tools alone "
+                               f"are ~20k; claude-router sizes compaction to the context), but {target!r} "
+                               f"runs with context_length {spec.context_length}; raise the model's "
+                               f"context_length to {CLAUDE_CODE_MIN_CONTEXT} or more and its vram_gb to its "
+                               "size at that context (the VRAM budget must hold it), or point the alias "
+                               "at a model that has it")
 
 
 def _vram_fit(inv: Inventory, host: Host, server: Server) -> Iterator[Problem]:

@@ -669,3 +669,75 @@ def test_private_ca_is_given_to_claude_code_only_in_router_mode() -> None:
     assert "NODE_EXTRA_CA_CERTS" not in claude_router.cloud_override()["env"]
     with pytest.raises(claude_router.RouterError, match="ca_file"):
         claude_router.parse_config({**base, "ca_file": 7}, "test")
+
+
+# --- issue 17: model slots and a session sized to the model's context ------------------------------
+
+
+def test_use_ollama_maps_the_slots_and_sizes_the_session_to_the_smallest_context(sandbox: Sandbox) -> None:
+    sandbox.write_config(opus_model="qwen-coder", sonnet_model="claude-sonnet-4-6",
+                         context_tokens={"claude-sonnet-4-6": 65536, "qwen-coder": 131072, "qwen-small": 65536})
+    assert sandbox.run("use-ollama", "--model", "qwen-coder").returncode == 0
+    env = sandbox.local_json()["env"]
+    assert {k: env[k] for k in env if k.startswith(("ANTHROPIC_DEFAULT", "CLAUDE_CODE_SUBAGENT"))} == {
+        "ANTHROPIC_DEFAULT_OPUS_MODEL": "qwen-coder",
+        "ANTHROPIC_DEFAULT_SONNET_MODEL": "claude-sonnet-4-6",
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": "qwen-small",
+        "CLAUDE_CODE_SUBAGENT_MODEL": "qwen-coder",
+    }
+    # 64k behind the sonnet and haiku slots: an eighth for the answer, compaction at 44% of
+    # (100k, the least window 2.1.330 takes, minus the answer) = 40395 tokens, tool results 8k each.
+    assert {k: env[k] for k in claude_router.SessionSizing(1).env()} == {
+        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "8192",
+        "CLAUDE_CODE_AUTO_COMPACT_WINDOW": "100000",
+        "CLAUDE_AUTOCOMPACT_PCT_OVERRIDE": "44",
+        "CLAUDE_CODE_FILE_READ_MAX_OUTPUT_TOKENS": "8192",
+        "MAX_MCP_OUTPUT_TOKENS": "8192",
+        "BASH_MAX_OUTPUT_LENGTH": "24576",
+    }
+    assert env["API_TIMEOUT_MS"] == "900000"
+    assert env["CLAUDE_CODE_ATTRIBUTION_HEADER"] == "0"
+    status = sandbox.run("status").stdout.splitlines()
+    assert "compacts at: 40395 tokens of prompt" in status
+    assert "model context: 65536 tokens (smallest behind the slots)" in status
+    assert "CLAUDE_AUTOCOMPACT_PCT_OVERRIDE: 44 (.claude/settings.local.json)" in status
+    assert "CLAUDE_CODE_SUBAGENT_MODEL: qwen-coder (.claude/settings.local.json)" in status
+
+
+def test_a_larger_context_gets_a_larger_window_and_answer() -> None:
+    sizing = claude_router.SessionSizing(131072)
+    assert sizing.env()["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "16384"
+    assert sizing.env()["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] == "131072"
+    assert sizing.env()["CLAUDE_AUTOCOMPACT_PCT_OVERRIDE"] == "71"  # 81920 of 114688
+    assert sizing.compact_at == 81428
+
+
+@given(st.integers(min_value=65536, max_value=2_000_000))
+def test_a_compacting_session_leaves_room_for_a_step_and_the_answer(context: int) -> None:
+    sizing = claude_router.SessionSizing(context)
+    assert sizing.compact_at + sizing.step + sizing.output <= context
+    assert 2 * sizing.tool_result_tokens <= sizing.step
+    # Claude Code's own prompt (~20k tokens) must leave room for a conversation before compaction.
+    assert sizing.compact_at >= 40000
+    assert int(sizing.env()["CLAUDE_CODE_AUTO_COMPACT_WINDOW"]) >= 100_000
+
+
+def test_without_contexts_in_the_config_no_sizing_is_written(sandbox: Sandbox) -> None:
+    assert sandbox.run("use-ollama").returncode == 0
+    assert "CLAUDE_AUTOCOMPACT_PCT_OVERRIDE" not in sandbox.local_json()["env"]
+    with pytest.raises(claude_router.RouterError, match="context_tokens"):
+        claude_router.parse_config({"router_url": ROUTER_URL, "default_model": "m", "context_tokens": {"m": "64k"}},
+                                   "test")
+
+
+def test_client_config_maps_the_inventorys_aliases_to_slots_and_contexts() -> None:
+    from deploys.client import client_config
+    from inventory.load import load_inventory
+
+    inv = load_inventory(REPO_ROOT / "inventory" / "lab.yaml")
+    config = client_config(inv, inv.hosts["razer"])
+    assert (config["opus_model"], config["sonnet_model"], config["small_fast_model"]) == (
+        "claude-opus-4-6", "claude-sonnet-4-6", "claude-sonnet-4-6")
+    assert config["context_tokens"]["claude-opus-4-6"] == 65536  # gemma4:26b in the lab's catalogue
+    parsed = claude_router.parse_config(json.loads(json.dumps(config)), "config.json")
+    assert claude_router.session_sizing(parsed, "claude-sonnet-4-6") == claude_router.SessionSizing(65536)

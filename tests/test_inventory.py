@@ -201,6 +201,10 @@ BAD = [
      19, "resident together"),
     ("claude-alias-without-tools", replace("          small: tiny:1b", "          claude-small: tiny:1b"),
      "claude-small: tiny:1b", 14, "'tools' capability"),
+    ("claude-alias-small-context",
+     replace("  tiny:1b:\n    vram_gb: 1\n", "  tiny:1b:\n    vram_gb: 1\n    context_length: 32768\n"
+             "    capabilities: [completion, tools]\n").replace("          small: tiny:1b", "          claude-small: tiny:1b"),
+     "claude-small: tiny:1b", 14, "context_length 32768; raise the model's context_length to 65536"),
     ("secret-pasted-inline", replace("        port: 4000", "        master_key: sk-abcdefghijklmnopqrstuvwxyz0123456789"),
      "sk-abc", 0, "secret VALUE"),
     ("secret-pasted-client", replace("      router: p620\n      users:\n        - name: olaf\n  razer",

@@ -176,10 +176,11 @@ def ollama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ollama]:
 
 
 def lab_inventory_for(ollama_port: int, directory: Path):
-    """The lab inventory, with the stand-in's port and a Claude Code alias on a non-thinking model."""
+    """The lab inventory, with the stand-in's port and a Claude Code alias on a non-thinking model
+    (at the 64k a claude-* alias needs)."""
     yaml = YAML()
     document = yaml.load((REPO / "inventory" / "lab.yaml").read_text())
-    document["models"][PLAIN_MODEL] = {"vram_gb": 9, "context_length": 32768, "capabilities": ["completion", "tools"]}
+    document["models"][PLAIN_MODEL] = {"vram_gb": 9, "context_length": 65536, "capabilities": ["completion", "tools"]}
     server = document["hosts"]["p620"]["server"]
     server["ollama"]["port"] = ollama_port
     server["ollama"]["on_demand_models"].append(PLAIN_MODEL)

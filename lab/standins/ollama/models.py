@@ -393,8 +393,8 @@ class Scheduler:
         keep_alive: float | None,
         now: float | None = None,
         context_length: int | None = None,
-    ) -> None:
-        """Load (evicting as needed) and set the expiry for a request on `model`.
+    ) -> int:
+        """Load (evicting as needed) and set the expiry for a request on `model`; return its context.
 
         A different context length than the loaded one reloads the model, as in real Ollama.
         """
@@ -419,6 +419,7 @@ class Scheduler:
             loaded.model = model
             loaded.last_used = now
             loaded.expires_at = now + keep if math.isfinite(keep) else math.inf
+            return loaded.context_length
 
     def unload(self, name: ModelName) -> None:
         with self._lock:

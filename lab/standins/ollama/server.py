@@ -9,6 +9,7 @@ thinking"}). Request bodies are parsed as JSON whatever the Content-Type
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -23,6 +24,8 @@ from . import models, replies
 from .models import InstalledModel, ModelStore, Scheduler
 
 DEFAULT_PORT = 11434
+# Tokens real Ollama's runner keeps from the start of a truncated prompt (its log's keep=).
+TRUNCATE_KEEP = 4
 
 
 def parse_ollama_host(value: str | None) -> tuple[str, int]:
@@ -220,6 +223,30 @@ class Handler(BaseHTTPRequestHandler):
         return "thinking" in caps and _think_requested(think)
 
     @staticmethod
+    def _fit_prompt(raw: str, context: int, pieces: list[str], count: int) -> int:
+        """Log the prompt's pieces and fit it to the context; return the tokens evaluated.
+
+        Real Ollama does not refuse a chat prompt over its context: the runner logs
+        `msg="truncating input prompt" limit=... prompt=... keep=... new=...` (WARN) and drops
+        tokens after the first `keep` (the system prompt and tool definitions go first);
+        since 2025 it keeps about half the window (ollama/ollama#17427). The stand-in logs the
+        same line and reports the truncated count as prompt_eval_count, as Ollama does.
+        The INFO line lists each piece's tokens and hash: how much of a prompt repeats the
+        previous one as an exact prefix (what Ollama's cache can reuse) is read from it.
+        """
+        listing = ",".join(f"{replies.token_count(p)}:{hashlib.sha256(p.encode()).hexdigest()[:12]}" for p in pieces)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        sys.stderr.write(f'time={stamp} level=INFO source=standin msg="prompt" model={raw} limit={context} '
+                         f"prompt={count} pieces={listing}\n")
+        if count > context:
+            keep, new = TRUNCATE_KEEP, context // 2 + 2
+            sys.stderr.write(f'time={stamp} level=WARN source=runner.go:159 msg="truncating input prompt" '
+                             f"limit={context} prompt={count} keep={keep} new={new}\n")
+            count = new
+        sys.stderr.flush()
+        return count
+
+    @staticmethod
     def _metrics(prompt_count: int, eval_count: int) -> dict[str, int]:
         prompt_ns, eval_ns, load_ns = prompt_count * 1_000_000, eval_count * 20_000_000, 5_000_000
         return {
@@ -320,9 +347,10 @@ class Handler(BaseHTTPRequestHandler):
                     "done": True,
                 },
             )
-        scheduler.use(installed, keep_alive, context_length=_num_ctx(body))
+        context = scheduler.use(installed, keep_alive, context_length=_num_ctx(body))
         reply = replies.compose_reply(raw, messages, tools, think)
-        prompt_count = replies.prompt_tokens(messages, tools)
+        prompt_count = self._fit_prompt(raw, context, replies.prompt_pieces(messages, tools),
+                                        replies.prompt_tokens(messages, tools))
         eval_count = replies.token_count(reply.content + (reply.thinking or "")) + 8 * len(reply.tool_calls)
         final = {
             "model": raw,
