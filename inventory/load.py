@@ -10,6 +10,7 @@ import hashlib
 import os
 import pickle
 import sys
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -141,11 +142,15 @@ def _parse_yaml(path: Path, text: str) -> CommentedMap:
     from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedMap
     from ruamel.yaml.constructor import DuplicateKeyError
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    from ruamel.yaml.error import MarkedYAMLError, ReusedAnchorWarning, YAMLError
 
     yaml = YAML(typ="rt")
     try:
-        document = yaml.load(text)
+        with warnings.catch_warnings():
+            # YAML lets a later anchor of the same name replace an earlier one; ruamel would print a
+            # multi-line Python warning for it in the middle of our diagnostics.
+            warnings.simplefilter("ignore", ReusedAnchorWarning)
+            document = yaml.load(text)
     except DuplicateKeyError as exc:
         mark = exc.problem_mark
         raise InventoryError([Diagnostic(path, mark.line + 1, mark.column + 1, "",
