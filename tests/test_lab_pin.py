@@ -16,6 +16,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from inventory.pin import PLACEHOLDER_SHA256, SUMS_FILE
 from lab import core
 from lab.standin_hooks import CA_DIR
 from lab.standins.tailscale.ca import ensure_ca, ensure_node_cert
+from lab.variants import write_variant
 from tests.conftest import LAB_INVENTORY, REPO_ROOT, run_apply
 
 pytestmark = pytest.mark.lab
@@ -47,9 +49,15 @@ def release_sums(directory: Path) -> dict[str, str]:
     return sums
 
 
+@functools.cache
+def absolute_lab_inventory() -> Path:
+    """The lab inventory with its relative paths made absolute, so a copy elsewhere finds the same files."""
+    return write_variant(LAB_INVENTORY, Path(tempfile.mkdtemp(prefix="lab-pin-")) / "lab.yaml")
+
+
 def lab_text(digest_as: str = "{digest}") -> str:
-    """The lab inventory (absolute paths already) with each archive hash written as `digest_as`."""
-    text = LAB_INVENTORY.read_text()
+    """The lab inventory (absolute paths) with each archive hash written as `digest_as`."""
+    text = absolute_lab_inventory().read_text()
     for digest in dict(ollama_archives(load_inventory(LAB_INVENTORY).hosts["p620"].server.ollama)).values():
         assert text.count(digest) == 1
         text = text.replace(digest, digest_as.format(digest=digest))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from inventory.load import load_inventory
 from lab import core as lab_core
 from tests.conftest import LAB_INVENTORY
 
@@ -73,7 +74,9 @@ def assert_refused_unchanged(message: str) -> None:
 def test_renamed_lan_interface_stops_the_apply(deployed):
     on_p620("ip link set enp1s0 down && ip link set enp1s0 name enp5s0 && ip link set enp5s0 up")
     try:
-        assert_refused_unchanged("p620 has no interface enp1s0: the host has 10.222.")
+        lan_address = load_inventory(LAB_INVENTORY).hosts["p620"].network.lan_address
+        assert_refused_unchanged(f"p620 has no interface enp1s0: the host has {lan_address} on enp5s0: "
+                                 "set network.lan_interfaces to enp5s0")
     finally:
         on_p620("ip link set enp5s0 down && ip link set enp5s0 name enp1s0 && ip link set enp1s0 up")
     assert "enp1s0" in on_p620("ip -br link").stdout
