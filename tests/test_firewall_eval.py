@@ -107,11 +107,11 @@ def test_evaluator_agrees_with_kernel(scenario):
     assert_matches_kernel(scenario, Ruleset.parse(ruleset(scenario)), kernel_probes(scenario))
 
 
-# -- the API on the scenarios that matter for the router -----------------------------------
+# -- the API on hand-written router scenarios (the deployed table: test_firewall_deployed_table.py) --
 
 
 @pytest.mark.parametrize("scenario", ["llm_router", "llm_router_named_set"])
-def test_intended_table_opens_router_on_three_interfaces_and_ollama_on_loopback(scenario):
+def test_router_scenario_opens_router_on_three_interfaces_and_ollama_on_loopback(scenario):
     router = admitted_interfaces(ruleset(scenario), 4000, INTERFACES)
     ollama = admitted_interfaces(ruleset(scenario), 11434, INTERFACES)
     ssh = admitted_interfaces(ruleset(scenario), 22, INTERFACES)
@@ -127,7 +127,7 @@ def test_intended_table_opens_router_on_three_interfaces_and_ollama_on_loopback(
     assert "llm_router input" in router.decisions["wan0"].decided_by
 
 
-def test_intended_table_drops_lan_address_reached_through_wan():
+def test_router_scenario_drops_lan_address_reached_through_wan():
     routed = admitted_interfaces(
         ruleset("llm_router"), 4000, ["wan0"], daddr="192.168.50.1", saddr="203.0.113.2"
     )
