@@ -119,11 +119,13 @@ def preflight_command(models_dir: str, paths: Iterable[str], ports: Iterable[int
                "df -PB1 \"$p\" && printf '%s\\n' \"$p\""),
         PRESENT: ("for p in " + " ".join(shlex.quote(p) for p in paths) + "; do if [ -e \"$p\" ]; then "
                   "printf '%s\\n' \"$p\"; fi; done") if paths else "true",
-        LISTENERS: listeners,
-        CGROUPS: (f"for pid in $({listeners} | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do "
+        # ss runs once: both sections read its answer, so the owners are those of the listeners reported.
+        LISTENERS: 'if [ -n "$listening" ]; then printf \'%s\\n\' "$listening"; fi; exit "$listening_status"',
+        CGROUPS: ("for pid in $(printf '%s\\n' \"$listening\" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do "
                   "printf '%s %s\\n' \"$pid\" \"$(tail -n 1 /proc/$pid/cgroup | cut -d: -f3)\"; done"),
     }
-    return "; ".join(framed(key, command) for key, command in probes.items())
+    sections = "; ".join(framed(key, command) for key, command in probes.items())
+    return f"listening=$({listeners} 2>/dev/null); listening_status=$?; {sections}"
 
 
 def parse_preflight(section: Section) -> PreflightFacts:
